@@ -1,0 +1,24 @@
+"""segbatch: batch dataset labeling with segmentation models on Ray.
+
+Importing segbatch starts nothing; :func:`run` connects to (or starts) Ray when called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from segbatch.config import JobConfig
+from segbatch.errors import ImageError, JobError
+
+if TYPE_CHECKING:
+    from segbatch.pipeline import RunSummary
+
+__version__ = "0.1.0"
+__all__ = ["ImageError", "JobConfig", "JobError", "run", "__version__"]
+
+
+def run(config: JobConfig) -> RunSummary:
+    """Run one labeling job; see :func:`segbatch.pipeline.run`."""
+    from segbatch.pipeline import run as _run
+
+    return _run(config)

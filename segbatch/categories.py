@@ -1,0 +1,204 @@
+"""Matching model categories to label categories: the evaluation class space.
+
+Model and labels each name their classes; Dice needs one shared list. Categories are
+matched by name (case, spaces, ``_`` and ``-`` ignored: ``diningtable`` = ``dining table``),
+with an explicit mapping file as the override. Classes only one side knows stay in the
+space as their own evaluation classes and are reported, never silently dropped.
+
+The label-map file (YAML or JSON) may hold
+    categories: {0: background, 1: cat, ...}  # names of mask-PNG class ids
+    match: {diningtable: dining table, ...}   # model category → label category
+A file with neither key is read as the ``match`` mapping itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import yaml
+
+from segbatch.errors import JobError
+from segbatch.io.labels import UNLABELED
+from segbatch.metrics import IGNORE
+
+PNG_IGNORE = 255
+_PLACEHOLDER = "N/A"  # torchvision's COCO category list has unused ids named N/A
+
+
+def normalize_name(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "", name.lower())
+
+
+@dataclass(frozen=True)
+class LabelMapFile:
+    categories: dict[int, str]
+    match: dict[str, str]
+
+
+def parse_label_map(data: bytes, source: str) -> LabelMapFile:
+    try:
+        doc = yaml.safe_load(data) or {}
+    except yaml.YAMLError as err:
+        raise JobError(f"label map {source!r} is not valid YAML/JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise JobError(f"label map {source!r} must be a mapping")
+    if "categories" in doc or "match" in doc:
+        unknown = set(doc) - {"categories", "match"}
+        if unknown:
+            raise JobError(f"label map {source!r} has unknown keys {sorted(unknown)}; valid: categories, match")
+        cats, match = doc.get("categories") or {}, doc.get("match") or {}
+    else:
+        cats, match = {}, doc
+    try:
+        categories = {int(k): str(v) for k, v in dict(cats).items()}
+    except (TypeError, ValueError) as err:
+        raise JobError(f"label map {source!r}: 'categories' must map integer ids to names ({err})") from err
+    return LabelMapFile(categories=categories, match={str(k): str(v) for k, v in dict(match).items()})
+
+
+@dataclass(frozen=True)
+class EvalSpace:
+    """The shared class list and lookups into it.
+
+    ``model_lut[model_id]`` and ``label_lut[raw_label_id - label_offset]`` give evaluation
+    ids; :data:`segbatch.metrics.IGNORE` marks label pixels that count nowhere.
+    """
+
+    names: tuple[str, ...]
+    background: int | None
+    model_lut: np.ndarray  # (num_model_classes,) int32
+    label_lut: np.ndarray  # (span,) int32
+    label_offset: int
+    pairs: tuple[tuple[str, str], ...]  # (model name, label name) matched
+    model_only: tuple[str, ...]
+    label_only: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def predictions(self, model_ids: np.ndarray) -> np.ndarray:
+        """``(H, W)`` model class ids → ``(H, W) int32`` evaluation ids."""
+        return self.model_lut[model_ids]
+
+    def labels(self, raw: np.ndarray) -> np.ndarray:
+        """``(H, W)`` raw label ids (PNG values or COCO category ids) → ``(H, W) int32`` evaluation ids."""
+        idx = raw.astype(np.int64) - self.label_offset
+        bad = (idx < 0) | (idx >= len(self.label_lut))
+        if bad.any():
+            raise ValueError(f"label id {int(raw[bad].flat[0])} is outside the known label categories")
+        return self.label_lut[idx]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "background": self.background,
+                "matched": [list(p) for p in self.pairs],
+                "model_only": list(self.model_only), "label_only": list(self.label_only)}
+
+
+def build_eval_space(
+    model_categories: tuple[str, ...],
+    background: int | None,
+    label_kind: str | None,
+    label_categories: Mapping[int, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> EvalSpace:
+    """Match model and label categories.
+
+    Args:
+        model_categories: names indexed by model class id.
+        background: model id of the background class, or None.
+        label_kind: ``"png"``, ``"coco"`` or None (no labels).
+        label_categories: COCO ``{id: name}``, or names of PNG ids (default: the model's names by id).
+        overrides: ``{model name: label name}`` from the label-map file.
+    """
+    names: list[str] = []
+    model_lut = np.zeros(len(model_categories), dtype=np.int32)
+    first_model_id: dict[str, int] = {}
+    for i, name in enumerate(model_categories):
+        if name == _PLACEHOLDER:
+            continue
+        first_model_id.setdefault(name, i)
+    for name, i in first_model_id.items():
+        model_lut[i] = len(names)
+        names.append(name)
+    bg_eval = int(model_lut[background]) if background is not None else None
+    for i, name in enumerate(model_categories):
+        if name == _PLACEHOLDER or first_model_id[name] != i:
+            model_lut[i] = bg_eval if bg_eval is not None else model_lut[first_model_id.get(name, 0)]
+
+    if label_kind is None:
+        empty = np.zeros(0, dtype=np.int32)
+        return EvalSpace(tuple(names), bg_eval, model_lut, empty, 0, (), (), ())
+
+    if label_kind == "png":
+        given = dict(label_categories or {})
+        if given:
+            label_names = {i: given.get(i, f"label_{i}") for i in range(PNG_IGNORE)}
+        else:
+            # Without names, PNG ids are read as the model's own class ids.
+            label_names = {i: model_categories[i] if i < len(model_categories) else f"label_{i}"
+                           for i in range(PNG_IGNORE)}
+    elif label_kind == "coco":
+        label_names = dict(label_categories or {})
+    else:
+        raise ValueError(f"unknown label kind {label_kind!r}")
+
+    overrides = dict(overrides or {})
+    by_norm_label: dict[str, list[int]] = {}
+    for lid, lname in label_names.items():
+        by_norm_label.setdefault(normalize_name(lname), []).append(lid)
+    label_by_name = {lname: lid for lid, lname in label_names.items()}
+    for m, lab in overrides.items():
+        if m not in first_model_id:
+            raise JobError(f"label map matches unknown model category {m!r}; model categories: {sorted(first_model_id)}")
+        if lab not in label_by_name:
+            raise JobError(f"label map matches {m!r} to unknown label category {lab!r}; "
+                           f"label categories: {sorted(set(label_names.values()))[:50]}")
+
+    label_eval: dict[int, int] = {}
+    pairs: list[tuple[str, str]] = []
+    for mname, mid in first_model_id.items():
+        if mname in overrides:
+            lids = [label_by_name[overrides[mname]]]
+        else:
+            lids = [lid for lid in by_norm_label.get(normalize_name(mname), []) if lid not in label_eval]
+        for lid in lids:
+            label_eval[lid] = int(model_lut[mid])
+        if lids:
+            pairs.append((mname, label_names[lids[0]]))
+    label_only: list[str] = []
+    for lid in sorted(label_names):
+        if lid in label_eval:
+            continue
+        lname = label_names[lid]
+        eval_name = lname if lname not in names else f"{lname} (label)"
+        if eval_name in names:  # two label ids with one name share one evaluation class
+            label_eval[lid] = names.index(eval_name)
+            continue
+        label_eval[lid] = len(names)
+        names.append(eval_name)
+        if not (label_kind == "png" and lname.startswith("label_")):
+            label_only.append(lname)
+    matched_models = {m for m, _ in pairs}
+    model_only = tuple(m for m in first_model_id if m not in matched_models
+                       and not (label_kind == "coco" and first_model_id[m] == background))
+
+    if label_kind == "png":
+        lut = np.full(PNG_IGNORE + 1, IGNORE, dtype=np.int32)
+        for lid, e in label_eval.items():
+            lut[lid] = e
+        offset = 0
+    else:
+        # COCO: ids may be sparse; UNLABELED pixels are background (or ignored without one).
+        lo = min([UNLABELED, *label_eval])
+        hi = max([UNLABELED, *label_eval])
+        lut = np.full(hi - lo + 1, IGNORE, dtype=np.int32)
+        for lid, e in label_eval.items():
+            lut[lid - lo] = e
+        lut[UNLABELED - lo] = bg_eval if bg_eval is not None else IGNORE
+        offset = lo
+    return EvalSpace(tuple(names), bg_eval, model_lut, lut, offset, tuple(pairs), model_only, tuple(label_only))

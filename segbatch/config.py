@@ -1,0 +1,162 @@
+"""The job's configuration: one frozen, validated :class:`JobConfig`.
+
+Built once, from keyword arguments, a YAML file, the CLI or the Ray job entry point, and
+validated on construction so that a bad value fails before any work starts. Stages never
+see the whole config; :mod:`segbatch.pipeline` hands each one the fields it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from segbatch.errors import JobError
+
+Precision = Literal["fp32", "fp16", "bf16"]
+MissingLabelPolicy = Literal["error", "ignore"]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything one labeling run needs.
+
+    ``input``/``output``/``labels``/``weights``/``label_map`` accept local paths and any
+    fsspec URL. ``storage_options`` go to fsspec and are never written anywhere.
+    """
+
+    input: str
+    output: str
+    model: str
+    weights: str = "DEFAULT"
+    labels: str | None = None
+    label_map: str | None = None
+    missing_labels: MissingLabelPolicy = "error"
+    batch_size: int = 8
+    actors: int = 1
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    min_size: int | None = None
+    precision: Precision = "fp32"
+    rows_per_part: int = 64
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    ray_address: str | None = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "model", "weights"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise JobError(f"{name} must be a non-empty string, got {value!r}")
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("actors", self.actors, minimum=1)
+        _check_int("rows_per_part", self.rows_per_part, minimum=1)
+        if self.min_size is not None:
+            _check_int("min_size", self.min_size, minimum=16)
+        if self.gpus_per_actor is not None and not (
+            _is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0
+        ):
+            raise JobError(f"gpus_per_actor must be a number >= 0, got {self.gpus_per_actor!r}")
+        if not (_is_number(self.cpus_per_actor) and self.cpus_per_actor > 0):
+            raise JobError(f"cpus_per_actor must be a number > 0, got {self.cpus_per_actor!r}")
+        for name in ("score_threshold", "mask_threshold"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0.0 <= value <= 1.0):
+                raise JobError(f"{name} must be a number in [0, 1], got {value!r}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise JobError(f"precision must be one of fp32, fp16, bf16, got {self.precision!r}")
+        if self.missing_labels not in ("error", "ignore"):
+            raise JobError(f"missing_labels must be 'error' or 'ignore', got {self.missing_labels!r}")
+        if self.label_map is not None and self.labels is None:
+            raise JobError(f"label_map {self.label_map!r} was given without labels")
+        if not isinstance(self.storage_options, Mapping):
+            raise JobError(f"storage_options must be a mapping, got {type(self.storage_options).__name__}")
+        exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in self.extensions)
+        if not exts:
+            raise JobError("extensions must name at least one file extension, e.g. ['.jpg', '.png']")
+        object.__setattr__(self, "extensions", exts)
+        object.__setattr__(self, "storage_options", dict(self.storage_options))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> JobConfig:
+        """Build from a mapping whose keys are field names (``-`` and ``_`` both accepted)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in names:
+                raise JobError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(names))}")
+            kwargs[name] = tuple(value) if name == "extensions" else value
+        missing = [n for n in ("input", "output", "model") if kwargs.get(n) is None]
+        if missing:
+            raise JobError(f"missing required config value(s): {', '.join(missing)}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> JobConfig:
+        """Load a YAML job file; ``overrides`` (e.g. CLI flags) win over the file."""
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise JobError(f"cannot read config file {str(path)!r}: {err.strerror}") from err
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise JobError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise JobError(f"config file {str(path)!r} must hold a mapping of keys to values")
+        return cls.from_mapping({**values, **(overrides or {})})
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values with every secret removed (for job.json and logs)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "storage_options":
+                value = sorted(value)  # the keys say what was configured; values may be secrets
+            elif isinstance(value, str):
+                value = redact_url(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials and query strings from a URL (``s3://key:secret@b/x?token=…``)."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "REDACTED" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def parse_storage_options(text: str) -> dict[str, Any]:
+    """``--storage-options`` JSON → dict, with an error that shows what was wrong."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise JobError(f"--storage-options must be a JSON object: {err}") from err
+    if not isinstance(value, dict):
+        raise JobError(f"--storage-options must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise JobError(f"{name} must be an integer >= {minimum}, got {value!r}")

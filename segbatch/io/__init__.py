@@ -1,0 +1,1 @@
+"""Storage and decoding: fsspec access, listing, images, labels."""

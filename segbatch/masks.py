@@ -1,0 +1,121 @@
+"""Masks: label maps and instance masks → COCO RLE, area and bbox. Pure numpy + pycocotools.
+
+RLE format (COCO "compressed RLE", as pycocotools writes it):
+    ``{"size": [h, w], "counts": str}`` — ``counts`` alternates runs of 0s and 1s over the
+    mask read in column-major (Fortran) order, starting with 0s, LEB128-like encoded as
+    ASCII. ``counts`` is a ``str`` here (JSON-ready), never ``bytes``.
+
+Shapes and dtypes of every argument:
+    label_map       (H, W) uint8 or integer    class id per pixel
+    binary masks    (H, W, K) uint8, Fortran order (what pycocotools.mask.encode needs)
+    instance masks  (N, H, W) bool or uint8
+    bbox            [x, y, w, h] float, as pycocotools.mask.toBbox gives
+This module imports neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TypedDict
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+class Rle(TypedDict):
+    size: list[int]
+    counts: str
+
+
+@dataclass(frozen=True)
+class EncodedMask:
+    """One mask, encoded. ``category_id`` is the model's class id."""
+
+    category_id: int
+    rle: Rle
+    area: int
+    bbox: tuple[float, float, float, float]
+    score: float | None = None
+
+
+def encode_binary(masks: np.ndarray) -> list[Rle]:
+    """``(H, W, K)`` 0/1 masks → K compressed RLEs (``counts`` as str)."""
+    if masks.ndim != 3:
+        raise ValueError(f"expected (H, W, K) masks, got shape {masks.shape}")
+    encoded = mask_utils.encode(np.asfortranarray(masks, dtype=np.uint8))
+    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
+
+
+def decode_rle(rle: Rle) -> np.ndarray:
+    """One RLE → ``(H, W) uint8`` 0/1 mask."""
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+
+
+def _encode_with_stats(
+    stack: np.ndarray, category_ids: list[int], scores: list[float] | None
+) -> list[EncodedMask]:
+    rles = encode_binary(stack)
+    raw = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
+    areas = mask_utils.area(raw)
+    boxes = mask_utils.toBbox(raw)
+    return [
+        EncodedMask(
+            category_id=int(category_ids[k]),
+            rle=rles[k],
+            area=int(areas[k]),
+            bbox=(float(boxes[k][0]), float(boxes[k][1]), float(boxes[k][2]), float(boxes[k][3])),
+            score=None if scores is None else float(scores[k]),
+        )
+        for k in range(len(rles))
+    ]
+
+
+def label_map_to_masks(label_map: np.ndarray, skip: Collection[int] = ()) -> list[EncodedMask]:
+    """One mask per class present in a ``(H, W)`` label map, in ascending class id.
+
+    Args:
+        label_map: ``(H, W)`` integer class ids.
+        skip: class ids that get no mask (background).
+    """
+    if label_map.ndim != 2:
+        raise ValueError(f"expected an (H, W) label map, got shape {label_map.shape}")
+    present = [int(c) for c in np.unique(label_map) if int(c) not in skip]
+    if not present:
+        return []
+    # (H, W, K) in Fortran order: each class's mask is one contiguous column-major plane.
+    stack = np.empty((*label_map.shape, len(present)), dtype=np.uint8, order="F")
+    for k, c in enumerate(present):
+        stack[:, :, k] = label_map == c
+    return _encode_with_stats(stack, present, None)
+
+
+def instances_to_masks(masks: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> list[EncodedMask]:
+    """``(N, H, W)`` instance masks with ``(N,)`` labels and scores → N encoded masks."""
+    if masks.ndim != 3 or len(masks) != len(labels) or len(labels) != len(scores):
+        raise ValueError(
+            f"expected (N, H, W) masks with N labels and scores, got {masks.shape}, {labels.shape}, {scores.shape}"
+        )
+    if len(masks) == 0:
+        return []
+    stack = np.asfortranarray(np.moveaxis(masks.astype(np.uint8, copy=False), 0, -1))
+    return _encode_with_stats(stack, [int(x) for x in labels], [float(s) for s in scores])
+
+
+def instances_to_label_map(
+    masks: np.ndarray, labels: np.ndarray, scores: np.ndarray, background: int = 0
+) -> np.ndarray:
+    """Merge instances per class into one ``(H, W) int32`` label map.
+
+    Instances are painted in ascending score order, so where instances of different
+    classes overlap the higher score wins; ties keep the later instance.
+
+    Args:
+        masks: ``(N, H, W)`` bool/uint8; labels: ``(N,)`` class ids; scores: ``(N,)`` float.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"expected (N, H, W) instance masks, got shape {masks.shape}")
+    out = np.full(masks.shape[1:], background, dtype=np.int32)
+    for i in np.argsort(scores, kind="stable"):
+        out[masks[i].astype(bool, copy=False)] = int(labels[i])
+    return out

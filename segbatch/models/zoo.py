@@ -1,0 +1,103 @@
+"""torchvision's segmentation models: FCN, DeepLabV3, LRASPP and Mask R-CNN.
+
+Each entry takes its categories and preprocessing from its torchvision weight enum, so
+``--weights DEFAULT`` behaves exactly as ``weights=<Enum>.DEFAULT`` does in torchvision.
+Modules are always built with ``weights=None, weights_backbone=None`` (nothing is
+downloaded at build time) and then loaded from the resolved checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum, detection, segmentation
+
+from segbatch.models.registry import DefaultWeights, ModelOptions, ModelSpec, Preprocess, register_model
+
+
+def _default_weights(enum: type[WeightsEnum]) -> DefaultWeights:
+    w = enum.DEFAULT
+    return DefaultWeights(label=f"{type(w).__name__}.{w.name}", url=w.url)
+
+
+def _semantic(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEnum],
+              head_key: str, arch: str) -> ModelSpec:
+    weights = enum.DEFAULT
+    t = weights.transforms()  # torchvision's SemanticSegmentation preset: resize_size, mean, std
+    categories = tuple(weights.meta["categories"])
+
+    def build(kwargs: Mapping[str, Any], options: ModelOptions) -> nn.Module:
+        return builder(weights=None, weights_backbone=None, num_classes=int(kwargs["num_classes"]),
+                       **({"aux_loss": bool(kwargs.get("aux_loss", False))} if "aux_loss" in kwargs else {}))
+
+    def infer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"num_classes": int(state_dict[head_key].shape[0])}
+        if not name.startswith("lraspp"):
+            kwargs["aux_loss"] = any(k.startswith("aux_classifier.") for k in state_dict)
+        return kwargs
+
+    return ModelSpec(
+        name=name,
+        task="semantic",
+        description=f"torchvision {arch}",
+        categories=categories,
+        preprocess=Preprocess(resize=int(t.resize_size[0]), mean=tuple(t.mean), std=tuple(t.std)),
+        default_weights=_default_weights(enum),
+        build=build,
+        infer_kwargs=infer,
+        default_kwargs={"num_classes": len(categories)},
+    )
+
+
+def _instance(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEnum], arch: str) -> ModelSpec:
+    categories = tuple(enum.DEFAULT.meta["categories"])
+
+    def build(kwargs: Mapping[str, Any], options: ModelOptions) -> nn.Module:
+        size: dict[str, Any] = {}
+        if options.min_size is not None:
+            # Keep torchvision's 800:1333 ratio between the shorter and the longer side limit.
+            size = {"min_size": options.min_size, "max_size": math.ceil(options.min_size * 1333 / 800)}
+        return builder(weights=None, weights_backbone=None, num_classes=int(kwargs["num_classes"]),
+                       box_score_thresh=options.score_threshold, **size)
+
+    def infer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        return {"num_classes": int(state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0])}
+
+    return ModelSpec(
+        name=name,
+        task="instance",
+        description=f"torchvision {arch}",
+        categories=categories,
+        # Mask R-CNN normalizes and resizes inside its GeneralizedRCNNTransform: it takes the
+        # original image as float in [0, 1] (torchvision's ObjectDetection preset).
+        preprocess=Preprocess(resize=None, mean=None, std=None),
+        default_weights=_default_weights(enum),
+        build=build,
+        infer_kwargs=infer,
+        default_kwargs={"num_classes": len(categories)},
+    )
+
+
+S = segmentation
+for _spec in (
+    _semantic("fcn_resnet50", S.fcn_resnet50, S.FCN_ResNet50_Weights, "classifier.4.weight", "FCN, ResNet-50"),
+    _semantic("fcn_resnet101", S.fcn_resnet101, S.FCN_ResNet101_Weights, "classifier.4.weight", "FCN, ResNet-101"),
+    _semantic("deeplabv3_resnet50", S.deeplabv3_resnet50, S.DeepLabV3_ResNet50_Weights,
+              "classifier.4.weight", "DeepLabV3 (atrous, ASPP), ResNet-50"),
+    _semantic("deeplabv3_resnet101", S.deeplabv3_resnet101, S.DeepLabV3_ResNet101_Weights,
+              "classifier.4.weight", "DeepLabV3 (atrous, ASPP), ResNet-101"),
+    _semantic("deeplabv3_mobilenet_v3_large", S.deeplabv3_mobilenet_v3_large,
+              S.DeepLabV3_MobileNet_V3_Large_Weights, "classifier.4.weight",
+              "DeepLabV3 (atrous, ASPP), MobileNetV3-Large"),
+    _semantic("lraspp_mobilenet_v3_large", S.lraspp_mobilenet_v3_large, S.LRASPP_MobileNet_V3_Large_Weights,
+              "classifier.high_classifier.weight", "LRASPP, MobileNetV3-Large"),
+    _instance("maskrcnn_resnet50_fpn", detection.maskrcnn_resnet50_fpn,
+              detection.MaskRCNN_ResNet50_FPN_Weights, "Mask R-CNN, ResNet-50-FPN"),
+    _instance("maskrcnn_resnet50_fpn_v2", detection.maskrcnn_resnet50_fpn_v2,
+              detection.MaskRCNN_ResNet50_FPN_V2_Weights, "Mask R-CNN v2, ResNet-50-FPN"),
+):
+    register_model(_spec)

@@ -1,0 +1,279 @@
+"""The job: plan on the driver, read → predict → encode → write on Ray Data, finalize.
+
+This is the only module that knows Ray. Each stage gets explicit arguments:
+
+    manifest ─▶ read_batch (CPU tasks) ─▶ Predictor (actor pool, GPU-pinned or CPU)
+             ─▶ encode_batch (CPU tasks) ─▶ PartsDatasink (atomic part files) ─▶ finalize
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import platform
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.block import BlockAccessor
+from ray.data.datasource import Datasink
+
+from segbatch import __version__
+from segbatch.categories import EvalSpace, build_eval_space, parse_label_map
+from segbatch.config import JobConfig, redact_url
+from segbatch.encode import EncodeSpec, encode_batch
+from segbatch.errors import JobError
+from segbatch.export import write_part
+from segbatch.finalize import FinalizeSpec, finalize
+from segbatch.io import fs as fsio
+from segbatch.io.listing import Plan, build_plan
+from segbatch.models.registry import LoadedModel, ModelOptions, get_model_spec
+from segbatch.models.weights import ResolvedWeights, load_model, resolve_weights
+from segbatch.outdir import JOB, MANIFEST, METRICS, PARTS, SUCCESS, OutDir, check_output, job_identity
+from segbatch.predictor import Predictor, pick_device
+from segbatch.read import read_batch
+
+log = logging.getLogger("segbatch")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did; also printed at its end."""
+
+    output: str
+    num_images: int
+    num_processed: int  # images computed by this run
+    num_skipped: int  # images already committed by an earlier run
+    num_errors: int
+    num_masks: int
+    num_labeled: int
+    mean_dice: float | None
+    seconds: float
+    images_per_second: float | None
+    metrics: dict[str, Any]
+
+    def lines(self) -> list[str]:
+        rate = f", {self.images_per_second:.2f} img/s" if self.images_per_second else ""
+        out = [f"segbatch: {self.num_images} images ({self.num_processed} processed, {self.num_skipped} resumed, "
+               f"{self.num_errors} errors) -> {self.num_masks} masks in {self.seconds:.1f} s{rate}"]
+        if self.num_labeled:
+            dice = "n/a" if self.mean_dice is None else f"{self.mean_dice:.4f}"
+            out.append(f"  mean Dice {dice} over {self.num_labeled} labeled images (background excluded)")
+            for name, c in self.metrics.get("classes", {}).items():
+                if c.get("dice") is not None:
+                    out.append(f"    {name:<24} Dice {c['dice']:.4f}  IoU {c['iou']:.4f}")
+        unmatched = self.metrics.get("unmatched", {})
+        if unmatched.get("model_only") or unmatched.get("label_only"):
+            out.append(f"  categories only the model knows: {unmatched.get('model_only')}; "
+                       f"only the labels know: {unmatched.get('label_only')}")
+        out.append(f"  outputs in {self.output}: predictions.coco.json, images.parquet, masks.parquet, metrics.json")
+        return out
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    out: OutDir
+    plan: Plan
+    loaded: LoadedModel
+    weights: ResolvedWeights
+    eval_space: EvalSpace
+    job: dict[str, Any]
+    resumed: bool
+
+
+def _model_options(config: JobConfig) -> ModelOptions:
+    return ModelOptions(score_threshold=config.score_threshold, mask_threshold=config.mask_threshold,
+                        min_size=config.min_size)
+
+
+def prepare(config: JobConfig) -> _Prepared:
+    """Everything that can fail before work starts: model, weights, input, labels, output."""
+    so = config.storage_options
+    spec = get_model_spec(config.model)
+    weights = resolve_weights(spec, config.weights, so)
+    loaded = load_model(spec, weights, _model_options(config))
+    label_map = None
+    label_map_sha = None
+    if config.label_map is not None:
+        try:
+            data = fsio.read_bytes(config.label_map, so)
+        except FileNotFoundError:
+            raise JobError(f"label map {config.label_map!r} does not exist") from None
+        label_map = parse_label_map(data, config.label_map)
+        label_map_sha = hashlib.sha256(data).hexdigest()
+    out = OutDir.open(config.output, so)
+    identity = job_identity(
+        input=redact_url(config.input), labels=None if config.labels is None else redact_url(config.labels),
+        label_map_sha256=label_map_sha, model=config.model, weights_source=redact_url(weights.source),
+        weights_sha256=weights.sha256,
+        options={"score_threshold": config.score_threshold, "mask_threshold": config.mask_threshold,
+                 "min_size": config.min_size, "precision": config.precision,
+                 "missing_labels": config.missing_labels, "extensions": list(config.extensions)},
+    )
+    resumed = check_output(out, identity)
+    plan = build_plan(config.input, config.labels, config.extensions, so)
+    if resumed and out.exists(MANIFEST):
+        # The manifest is frozen at the first run: a resumed run covers exactly those images.
+        plan = dataclasses.replace(plan, manifest=out.read_table(MANIFEST))
+    eval_space = build_eval_space(
+        loaded.categories, loaded.background, plan.label_kind,
+        plan.label_categories if plan.label_kind == "coco" else (label_map.categories if label_map else None),
+        label_map.match if label_map else None,
+    )
+    job = {
+        "identity": identity,
+        "config": config.public_dict(),
+        "model": {"name": spec.name, "task": spec.task, "description": spec.description,
+                  "categories": list(loaded.categories), "background": loaded.background,
+                  "preprocess": loaded.preprocess.to_dict(),
+                  "weights": {"source": redact_url(weights.source), "sha256": weights.sha256}},
+        "labels": {"kind": plan.label_kind, "unmatched_label_files": plan.unmatched_labels},
+        "eval_classes": eval_space.to_dict(),
+        "versions": _versions(),
+    }
+    return _Prepared(out, plan, loaded, weights, eval_space, job, resumed)
+
+
+def run(config: JobConfig) -> RunSummary:
+    """Run one job end to end; resumable. Raises :class:`JobError` before any work on bad input."""
+    t_start = time.perf_counter()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    prep = prepare(config)
+    out, manifest = prep.out, prep.plan.manifest
+    if not prep.resumed or not out.exists(MANIFEST):
+        out.write_table(MANIFEST, manifest)
+    out.write_json(JOB, {**prep.job, "status": "running", "started": started})
+    all_ids = set(manifest.column("image_id").to_pylist())
+    committed = out.committed_ids() & all_ids
+    done = pc.is_in(manifest.column("image_id"), value_set=pa.array(sorted(committed), pa.int64()))
+    todo = manifest.filter(pc.invert(done))
+    if prep.resumed and not todo.num_rows and out.exists(SUCCESS):
+        metrics = out.read_json(METRICS)
+        log.info("output %s already holds this job, complete: nothing to do", config.output)
+        return _summary(config, metrics, processed=0, skipped=len(committed), seconds=time.perf_counter() - t_start)
+    if committed:
+        log.info("resuming: %d of %d images already committed, %d to go", len(committed), len(all_ids), todo.num_rows)
+    t_ray = time.perf_counter()
+    if todo.num_rows:
+        _execute(config, prep, todo)
+    t_final = time.perf_counter()
+    metrics = finalize(out, all_ids, FinalizeSpec(
+        task=prep.loaded.task, categories=prep.loaded.categories, background=prep.loaded.background,
+        eval_space=prep.eval_space,
+        coco_info={"description": f"segbatch {__version__} predictions of {config.model}",
+                   "version": __version__, "date_created": started},
+        coco_labels=config.labels if prep.plan.label_kind == "coco" else None,
+    ))
+    t_end = time.perf_counter()
+    timings = {"plan_s": round(t_ray - t_start, 3), "inference_s": round(t_final - t_ray, 3),
+               "finalize_s": round(t_end - t_final, 3), "total_s": round(t_end - t_start, 3)}
+    out.write_json(JOB, {**prep.job, "status": "complete", "started": started,
+                         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "images_this_run": todo.num_rows, "images_resumed": len(committed), "timings": timings})
+    fsio.write_bytes_atomic(out.fs, out.path(SUCCESS), b"")
+    return _summary(config, metrics, processed=todo.num_rows, skipped=len(committed),
+                    seconds=t_end - t_start, inference_seconds=t_final - t_ray)
+
+
+def _summary(config: JobConfig, metrics: dict[str, Any], *, processed: int, skipped: int, seconds: float,
+             inference_seconds: float | None = None) -> RunSummary:
+    rate = processed / inference_seconds if inference_seconds and processed else None
+    return RunSummary(output=config.output, num_images=metrics["num_images"], num_processed=processed,
+                      num_skipped=skipped, num_errors=metrics["num_errors"], num_masks=metrics["num_masks"],
+                      num_labeled=metrics["num_labeled"], mean_dice=metrics.get("mean_dice"), seconds=seconds,
+                      images_per_second=rate, metrics=metrics)
+
+
+def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
+    """Run read → predict → encode → write on Ray Data for the images in ``todo``."""
+    _connect(config.ray_address)
+    so = config.storage_options
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    log.info("labeling %d images with %s on %d actor(s) (%s)", todo.num_rows, config.model, config.actors,
+             f"{gpus:g} GPU each" if gpus else "CPU")
+    weights_ref = ray.put(prep.weights)
+    loaded = prep.loaded
+    encode_spec = EncodeSpec(task=loaded.task, categories=loaded.categories, background=loaded.background,
+                             eval_space=prep.eval_space, label_kind=prep.plan.label_kind,
+                             missing_labels=config.missing_labels, storage_options=so)
+    # One block per model batch, so that reading, inference and encoding pipeline.
+    blocks = [todo.slice(i, config.batch_size) for i in range(0, todo.num_rows, config.batch_size)]
+    ds = ray.data.from_arrow(blocks)
+    # Ray Data fuses a task stage into the next actor stage when their resource arguments
+    # agree; a ray_remote_args_fn opts out, so decoding runs in parallel CPU tasks, spread
+    # over the cluster, while the actors only run the model.
+    ds = ds.map_batches(read_batch, fn_kwargs={"preprocess": loaded.preprocess, "storage_options": so},
+                        batch_size=config.batch_size, batch_format="numpy", num_cpus=1,
+                        ray_remote_args_fn=_spread)
+    ds = ds.map_batches(
+        _RayPredictor,
+        fn_constructor_kwargs={"weights_holder": [weights_ref], "model_name": config.model,
+                               "options": _model_options(config), "precision": config.precision,
+                               "num_threads": max(1, int(config.cpus_per_actor))},
+        batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=config.actors),
+        num_gpus=gpus, num_cpus=config.cpus_per_actor,
+    )
+    ds = ds.map_batches(encode_batch, fn_kwargs={"spec": encode_spec}, batch_size=config.batch_size,
+                        batch_format="numpy", num_cpus=1)
+    ds.write_datasink(_PartsDatasink(prep.out.url_of(PARTS), so, config.rows_per_part))
+
+
+def _spread() -> dict[str, Any]:
+    return {"scheduling_strategy": "SPREAD"}
+
+
+def _connect(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+
+
+class _RayPredictor(Predictor):
+    """:class:`Predictor` fed from the object store, on the GPU Ray assigned (if any)."""
+
+    def __init__(self, weights_holder: list[Any], **kwargs: Any) -> None:
+        # The ObjectRef travels inside a list so that Ray does not resolve it at
+        # construction; the actor fetches the checkpoint bytes once, here.
+        super().__init__(weights=lambda: ray.get(weights_holder[0]), device=pick_device(ray.get_gpu_ids()),
+                         **kwargs)
+
+
+class _PartsDatasink(Datasink[list[str]]):
+    """Writes each write task's rows as one atomically committed, image_id-sorted part file."""
+
+    def __init__(self, parts_url: str, storage_options: Mapping[str, Any], rows_per_part: int) -> None:
+        self.parts_url = parts_url
+        self.storage_options = dict(storage_options)
+        self.rows_per_part = rows_per_part
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_part
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> list[str]:
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return []
+        return [write_part(pa.concat_tables(tables), self.parts_url, self.storage_options)]
+
+
+def _versions() -> dict[str, str]:
+    import pycocotools
+    import torch
+    import torchvision
+
+    return {"segbatch": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "ray": ray.__version__, "pyarrow": pa.__version__,
+            "numpy": np.__version__, "pycocotools": getattr(pycocotools, "__version__", "unknown"),
+            "platform": sys.platform}

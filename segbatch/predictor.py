@@ -1,0 +1,155 @@
+"""The predict stage: one model on one device, mapping a batch of images to predictions.
+
+A callable class in Ray Data's batch-inference shape: the model loads once in
+``__init__``; ``__call__`` maps a batch dict to a batch dict. Ray itself stays in
+:mod:`segbatch.pipeline`, which builds the actor pool around this class.
+
+Input batch columns: ``image`` (each ``(3, h, w) uint8``, resized for the model),
+``height``/``width`` (original size), ``status``, ``error`` and pass-through columns.
+Output adds, for a semantic model, ``label_map`` (each ``(H, W) uint8`` at the original
+size), for an instance model ``inst_masks`` (``(N, H, W) uint8``), ``inst_labels``
+(``(N,) int64``), ``inst_scores`` (``(N,) float32``); and ``t_predict`` (s per image).
+``image`` is dropped. A failure in one image becomes that row's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segbatch.models.registry import LoadedModel, ModelOptions, get_model_spec
+from segbatch.models.weights import ResolvedWeights, load_model
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(gpu_ids: list[Any] | None = None) -> torch.device:
+    """CUDA when this process was given a GPU and CUDA works; else the CPU (with a warning if a GPU was given)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")  # Ray sets CUDA_VISIBLE_DEVICES, so cuda:0 is this actor's GPU
+    if gpu_ids:
+        log.warning("GPU ids %s were assigned but CUDA is not available here; running on the CPU", gpu_ids)
+    return torch.device("cpu")
+
+
+class Predictor:
+    """Holds one model and runs batches through it."""
+
+    def __init__(
+        self,
+        model_name: str,
+        weights: ResolvedWeights | Callable[[], ResolvedWeights],
+        options: ModelOptions,
+        precision: str = "fp32",
+        device: torch.device | str | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        resolved = weights() if callable(weights) else weights
+        self.loaded: LoadedModel = load_model(get_model_spec(model_name), resolved, options)
+        self.device = torch.device(device) if device is not None else pick_device()
+        self.options = options
+        self.autocast_dtype = _DTYPES.get(precision) if self.device.type == "cuda" else None
+        module = self.loaded.module.to(self.device)
+        if self.device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self.preprocess = self.loaded.preprocess
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["status"])
+        status = np.asarray(batch["status"], dtype=object).copy()
+        error = np.asarray(batch["error"], dtype=object).copy()
+        t_predict = np.zeros(n, dtype=np.float64)
+        semantic = self.loaded.task == "semantic"
+        results: list[Any] = [None] * n
+        ok = [i for i in range(n) if status[i] == "ok"]
+        # Group images of one input shape: stacking them is exact, where padding to a common
+        # size would change the model's output near borders and in global pooling.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in ok:
+            key = tuple(batch["image"][i].shape) if semantic else (0,)
+            groups.setdefault(key, []).append(i)
+        for idx in groups.values():
+            t0 = time.perf_counter()
+            try:
+                outs: list[Any] = self._run(batch, idx)
+            except Exception as err:
+                # One bad image must not fail its neighbours: retry one by one to find it.
+                outs = [self._try_one(batch, i) for i in idx] if len(idx) > 1 else [err]
+            dt = (time.perf_counter() - t0) / len(idx)
+            for i, out in zip(idx, outs, strict=True):
+                t_predict[i] = dt
+                if isinstance(out, Exception):
+                    status[i], error[i] = "error", f"predict: {type(out).__name__}: {out}"
+                else:
+                    results[i] = out
+        out_batch = {k: v for k, v in batch.items() if k != "image"}
+        out_batch.update(status=status, error=error, t_predict=t_predict)
+        if semantic:
+            out_batch["label_map"] = _object_array([r if r is not None else np.zeros((0, 0), np.uint8) for r in results])
+        else:
+            empty = (np.zeros((0, 0, 0), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float32))
+            res = [r if r is not None else empty for r in results]
+            out_batch["inst_masks"] = _object_array([r[0] for r in res])
+            out_batch["inst_labels"] = _object_array([r[1] for r in res])
+            out_batch["inst_scores"] = _object_array([r[2] for r in res])
+        return out_batch
+
+    def _try_one(self, batch: dict[str, np.ndarray], i: int) -> Any:
+        try:
+            return self._run(batch, [i])[0]
+        except Exception as err:
+            return err
+
+    @torch.inference_mode()
+    def _run(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[Any]:
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            if self.loaded.task == "semantic":
+                return self._semantic(batch, idx)
+            return self._instance(batch, idx)
+
+    def _semantic(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[np.ndarray]:
+        x = torch.from_numpy(np.stack([batch["image"][i] for i in idx])).to(self.device, non_blocking=True)
+        x = self.preprocess.normalize(x)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.module(x)["out"]
+        maps = []
+        for j, i in enumerate(idx):
+            # Back to the original size as detectron2's sem_seg_postprocess does:
+            # bilinear on the logits, then argmax.
+            size = (int(batch["height"][i]), int(batch["width"][i]))
+            up = F.interpolate(logits[j : j + 1].float(), size=size, mode="bilinear", align_corners=False)
+            maps.append(up.argmax(dim=1)[0].to(torch.uint8).cpu().numpy())
+        return maps
+
+    def _instance(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        # np.array copies: arrays from Ray's object store are read-only.
+        images = [self.preprocess.normalize(torch.from_numpy(np.array(batch["image"][i]))[None].to(self.device))[0]
+                  for i in idx]
+        outputs = self.module(images)
+        results = []
+        for out in outputs:
+            keep = out["scores"] >= self.options.score_threshold
+            masks = (out["masks"][keep, 0] > self.options.mask_threshold).to(torch.uint8).cpu().numpy()
+            results.append((masks, out["labels"][keep].cpu().numpy().astype(np.int64),
+                            out["scores"][keep].float().cpu().numpy().astype(np.float32)))
+        return results
+
+
+def _object_array(items: list[np.ndarray]) -> np.ndarray:
+    """A 1-D object array of ndarrays (np.array would try to stack equal shapes)."""
+    arr = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        arr[i] = item
+    return arr

@@ -1,0 +1,71 @@
+"""categories.py: matching model and label categories into one evaluation space."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segbatch.categories import build_eval_space, parse_label_map
+from segbatch.errors import JobError
+from segbatch.io.labels import UNLABELED
+from segbatch.metrics import IGNORE
+
+VOCISH = ("__background__", "cat", "diningtable", "sofa", "tvmonitor")
+
+
+def test_png_ids_default_to_the_model_ids_and_255_is_ignored():
+    es = build_eval_space(VOCISH, 0, "png")
+    raw = np.array([[0, 1, 2], [3, 4, 255]], np.uint8)
+    np.testing.assert_array_equal(es.labels(raw), [[0, 1, 2], [3, 4, IGNORE]])
+    np.testing.assert_array_equal(es.predictions(np.array([4, 0])), [4, 0])
+    assert es.model_only == () and es.label_only == ()
+
+
+def test_png_ids_beyond_the_model_are_label_only_classes():
+    es = build_eval_space(VOCISH, 0, "png")
+    e = es.labels(np.array([[7]], np.uint8))[0, 0]
+    assert es.names[e] == "label_7"
+
+
+def test_coco_names_match_ignoring_case_spaces_and_underscores():
+    es = build_eval_space(VOCISH, 0, "coco", {3: "Dining Table", 8: "Cat", 9: "couch", 11: "zebra"},
+                          overrides={"sofa": "couch"})
+    raw = np.array([[3, 8, 9, 11, UNLABELED]])
+    names = [es.names[i] for i in es.labels(raw)[0]]
+    assert names == ["diningtable", "cat", "sofa", "zebra", "__background__"]
+    assert ("sofa", "couch") in es.pairs
+    assert es.model_only == ("tvmonitor",)  # background is matched by the unlabeled pixels
+    assert es.label_only == ("zebra",)
+
+
+def test_png_names_from_a_label_map_file():
+    lm = parse_label_map(b"categories: {0: background, 1: kitty, 2: table}\nmatch: {cat: kitty}\n", "map.yaml")
+    es = build_eval_space(VOCISH, 0, "png", lm.categories, lm.match)
+    names = [es.names[i] for i in es.labels(np.array([[0, 1, 2]], np.uint8))[0]]
+    assert names == ["__background__", "cat", "table"]
+    assert es.label_only == ("table",)
+    assert set(es.model_only) == {"diningtable", "sofa", "tvmonitor"}
+
+
+def test_flat_label_map_file_is_the_match_table():
+    assert parse_label_map(b'{"sofa": "couch"}', "m.json").match == {"sofa": "couch"}
+
+
+def test_torchvision_placeholders_are_not_classes():
+    es = build_eval_space(("__background__", "person", "N/A", "car"), 0, None)
+    assert es.names == ("__background__", "person", "car")
+    assert es.predictions(np.array([2]))[0] == 0  # an N/A prediction counts as background
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"unicorn": "cat"}, "unknown model category 'unicorn'"),
+    ({"cat": "unicorn"}, "unknown label category 'unicorn'"),
+])
+def test_bad_overrides_name_the_bad_value(overrides, message):
+    with pytest.raises(JobError, match=message):
+        build_eval_space(VOCISH, 0, "coco", {1: "cat"}, overrides)
+
+
+def test_unknown_label_map_keys_are_refused():
+    with pytest.raises(JobError, match="unknown keys"):
+        parse_label_map(b"categories: {}\nmatches: {}\n", "m.yaml")
