@@ -26,7 +26,7 @@ from segbatch.io.labels import UNLABELED
 from segbatch.metrics import IGNORE
 
 PNG_IGNORE = 255
-_PLACEHOLDER = "N/A"  # torchvision's COCO category list has unused ids named N/A
+PLACEHOLDER = "N/A"  # torchvision's COCO category list has unused ids named N/A
 
 
 def normalize_name(name: str) -> str:
@@ -119,7 +119,7 @@ def build_eval_space(
     model_lut = np.zeros(len(model_categories), dtype=np.int32)
     first_model_id: dict[str, int] = {}
     for i, name in enumerate(model_categories):
-        if name == _PLACEHOLDER:
+        if name == PLACEHOLDER:
             continue
         first_model_id.setdefault(name, i)
     for name, i in first_model_id.items():
@@ -127,7 +127,7 @@ def build_eval_space(
         names.append(name)
     bg_eval = int(model_lut[background]) if background is not None else None
     for i, name in enumerate(model_categories):
-        if name == _PLACEHOLDER or first_model_id[name] != i:
+        if name == PLACEHOLDER or first_model_id[name] != i:
             model_lut[i] = bg_eval if bg_eval is not None else model_lut[first_model_id.get(name, 0)]
 
     if label_kind is None:

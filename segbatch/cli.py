@@ -74,11 +74,12 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 
 def _print_models() -> None:
+    from segbatch.categories import PLACEHOLDER
     from segbatch.models.registry import list_models
 
     rows = []
     for spec in list_models():
-        cats = [c for c in spec.categories if c != "N/A"]
+        cats = [c for c in spec.categories if c != PLACEHOLDER]
         shown = ", ".join(cats[:6]) + (f", … ({len(cats)} in all)" if len(cats) > 6 else "")
         rows.append((spec.name, spec.task, spec.preprocess.describe(), shown, spec.description))
     width = max(len(r[0]) for r in rows)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from segbatch.categories import EvalSpace
+from segbatch.categories import PLACEHOLDER, EvalSpace
 from segbatch.errors import ImageError
 from segbatch.export import PART_SCHEMA
 from segbatch.io import fs as fsio
@@ -70,6 +70,10 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
     else:
         inst = np.asarray(row["inst_masks"]).reshape(-1, h, w)
         labels, scores = np.asarray(row["inst_labels"]), np.asarray(row["inst_scores"])
+        # Placeholder ids (torchvision's unused COCO ids) are no category: a trained model
+        # never predicts them, an untrained one may.
+        real = np.array([spec.categories[int(c)] != PLACEHOLDER for c in labels], dtype=bool)
+        inst, labels, scores = inst[real], labels[real], scores[real]
         masks = instances_to_masks(inst, labels, scores)
         model_map = instances_to_label_map(inst, labels, scores, background=spec.background or 0)
     out["masks"] = [_mask_dict(m, spec.categories) for m in masks]

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segbatch.categories import EvalSpace
+from segbatch.categories import PLACEHOLDER, EvalSpace
 from segbatch.errors import JobError
 from segbatch.export import IMAGES_SCHEMA, MASKS_SCHEMA, CocoWriter
 from segbatch.io import fs as fsio
@@ -62,7 +62,7 @@ def merged_rows(out: OutDir) -> Iterator[dict[str, Any]]:
 
 def coco_categories(spec: FinalizeSpec) -> list[dict[str, Any]]:
     return [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(spec.categories)
-            if i != spec.background and n != "N/A"]
+            if i != spec.background and n != PLACEHOLDER]
 
 
 def finalize(out: OutDir, manifest_ids: set[int], spec: FinalizeSpec) -> dict[str, Any]:

@@ -43,6 +43,8 @@ from segbatch.read import read_batch
 
 log = logging.getLogger("segbatch")
 
+READ_TASK_RETRIES = 3
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -209,12 +211,13 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
     # One block per model batch, so that reading, inference and encoding pipeline.
     blocks = [todo.slice(i, config.batch_size) for i in range(0, todo.num_rows, config.batch_size)]
     ds = ray.data.from_arrow(blocks)
-    # Ray Data fuses a task stage into the next actor stage when their resource arguments
-    # agree; a ray_remote_args_fn opts out, so decoding runs in parallel CPU tasks, spread
-    # over the cluster, while the actors only run the model.
+    # Read tasks retry a bounded number of times when their worker dies (a decode error is
+    # an error row, not a retry). Giving them remote args the actors lack also keeps Ray
+    # Data from fusing decoding into the model actors: decoding runs in parallel CPU
+    # tasks, spread over the cluster, while the actors only run the model.
     ds = ds.map_batches(read_batch, fn_kwargs={"preprocess": loaded.preprocess, "storage_options": so},
                         batch_size=config.batch_size, batch_format="numpy", num_cpus=1,
-                        ray_remote_args_fn=_spread)
+                        max_retries=READ_TASK_RETRIES, scheduling_strategy="SPREAD")
     ds = ds.map_batches(
         _RayPredictor,
         fn_constructor_kwargs={"weights_holder": [weights_ref], "model_name": config.model,
@@ -226,10 +229,6 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
     ds = ds.map_batches(encode_batch, fn_kwargs={"spec": encode_spec}, batch_size=config.batch_size,
                         batch_format="numpy", num_cpus=1)
     ds.write_datasink(_PartsDatasink(prep.out.url_of(PARTS), so, config.rows_per_part))
-
-
-def _spread() -> dict[str, Any]:
-    return {"scheduling_strategy": "SPREAD"}
 
 
 def _connect(address: str | None) -> None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ def free_port() -> int:
 class RayCluster:
     address: str  # GCS address, for ray.init
     dashboard: str  # http://…, for `ray job submit`
+    temp_dir: str  # the head's --temp-dir (sessions, logs, unpacked working dirs)
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +45,11 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     gcs_port, dash_port = free_port(), free_port()
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # A temp dir of its own (short: it holds unix sockets) keeps this cluster's address
+    # file away from /tmp/ray, so a later plain `ray.init()` never finds a dead cluster.
+    temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")
     proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
+        [RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
          "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0",
          "--object-store-memory=600000000", "--disable-usage-stats"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
@@ -60,15 +65,16 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
                 raise RuntimeError(f"ray head did not start; see {log.name}") from None
             time.sleep(1)
     try:
-        yield RayCluster(address=address, dashboard=f"http://127.0.0.1:{dash_port}")
+        yield RayCluster(address=address, dashboard=f"http://127.0.0.1:{dash_port}", temp_dir=temp_dir)
     finally:
         ray.shutdown()
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

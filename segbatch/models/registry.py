@@ -69,7 +69,7 @@ class Preprocess:
 
     def describe(self) -> str:
         if self.resize is None:
-            return "original size"
+            return "any (model resizes)"
         if isinstance(self.resize, int):
             return f"shorter side {self.resize}"
         return f"{self.resize[0]}x{self.resize[1]}"

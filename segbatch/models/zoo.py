@@ -70,7 +70,7 @@ def _instance(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEn
     return ModelSpec(
         name=name,
         task="instance",
-        description=f"torchvision {arch}",
+        description=f"torchvision {arch}; resizes inside to shorter side 800, longer <= 1333 (--min-size)",
         categories=categories,
         # Mask R-CNN normalizes and resizes inside its GeneralizedRCNNTransform: it takes the
         # original image as float in [0, 1] (torchvision's ObjectDetection preset).
