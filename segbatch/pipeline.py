@@ -8,7 +8,6 @@ This is the only module that knows Ray. Each stage gets explicit arguments:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import platform
@@ -34,7 +33,7 @@ from segbatch.errors import JobError
 from segbatch.export import write_part
 from segbatch.finalize import FinalizeSpec, finalize
 from segbatch.io import fs as fsio
-from segbatch.io.listing import Plan, build_plan
+from segbatch.io.listing import Plan, build_plan, open_labels
 from segbatch.models.registry import LoadedModel, ModelOptions, get_model_spec
 from segbatch.models.weights import ResolvedWeights, load_model, resolve_weights
 from segbatch.outdir import JOB, MANIFEST, METRICS, PARTS, SUCCESS, OutDir, check_output, job_identity
@@ -84,6 +83,7 @@ class RunSummary:
 class _Prepared:
     out: OutDir
     plan: Plan
+    label_kind: str | None
     loaded: LoadedModel
     weights: ResolvedWeights
     eval_space: EvalSpace
@@ -121,13 +121,19 @@ def prepare(config: JobConfig) -> _Prepared:
                  "missing_labels": config.missing_labels, "extensions": list(config.extensions)},
     )
     resumed = check_output(out, identity)
-    plan = build_plan(config.input, config.labels, config.extensions, so)
+    labels = None if config.labels is None else open_labels(config.labels, so)
     if resumed and out.exists(MANIFEST):
-        # The manifest is frozen at the first run: a resumed run covers exactly those images.
-        plan = dataclasses.replace(plan, manifest=out.read_table(MANIFEST))
+        # The manifest is frozen at the first run: a resumed run covers exactly those
+        # images, and the input is not listed again.
+        plan = Plan(manifest=out.read_table(MANIFEST),
+                    unmatched_labels=out.read_json(JOB).get("labels", {}).get("unmatched_label_files", 0))
+    else:
+        plan = build_plan(config.input, labels, config.extensions, so)
+    label_kind = None if labels is None else labels.kind
     eval_space = build_eval_space(
-        loaded.categories, loaded.background, plan.label_kind,
-        plan.label_categories if plan.label_kind == "coco" else (label_map.categories if label_map else None),
+        loaded.categories, loaded.background, label_kind,
+        labels.coco.categories if labels is not None and labels.coco is not None
+        else (label_map.categories if label_map else None),
         label_map.match if label_map else None,
     )
     job = {
@@ -137,11 +143,11 @@ def prepare(config: JobConfig) -> _Prepared:
                   "categories": list(loaded.categories), "background": loaded.background,
                   "preprocess": loaded.preprocess.to_dict(),
                   "weights": {"source": redact_url(weights.source), "sha256": weights.sha256}},
-        "labels": {"kind": plan.label_kind, "unmatched_label_files": plan.unmatched_labels},
+        "labels": {"kind": label_kind, "unmatched_label_files": plan.unmatched_labels},
         "eval_classes": eval_space.to_dict(),
         "versions": _versions(),
     }
-    return _Prepared(out, plan, loaded, weights, eval_space, job, resumed)
+    return _Prepared(out, plan, label_kind, loaded, weights, eval_space, job, resumed)
 
 
 def run(config: JobConfig) -> RunSummary:
@@ -172,7 +178,7 @@ def run(config: JobConfig) -> RunSummary:
         eval_space=prep.eval_space,
         coco_info={"description": f"segbatch {__version__} predictions of {config.model}",
                    "version": __version__, "date_created": started},
-        coco_labels=config.labels if prep.plan.label_kind == "coco" else None,
+        coco_labels=config.labels if prep.label_kind == "coco" else None,
     ))
     t_end = time.perf_counter()
     timings = {"plan_s": round(t_ray - t_start, 3), "inference_s": round(t_final - t_ray, 3),
@@ -206,7 +212,7 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
     weights_ref = ray.put(prep.weights)
     loaded = prep.loaded
     encode_spec = EncodeSpec(task=loaded.task, categories=loaded.categories, background=loaded.background,
-                             eval_space=prep.eval_space, label_kind=prep.plan.label_kind,
+                             eval_space=prep.eval_space, label_kind=prep.label_kind,
                              missing_labels=config.missing_labels, storage_options=so)
     # One block per model batch, so that reading, inference and encoding pipeline.
     blocks = [todo.slice(i, config.batch_size) for i in range(0, todo.num_rows, config.batch_size)]

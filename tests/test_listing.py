@@ -10,7 +10,7 @@ import pytest
 from segbatch.config import IMAGE_EXTENSIONS
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
-from segbatch.io.listing import build_plan
+from segbatch.io.listing import build_plan, open_labels
 
 
 def touch(path: Path, data: bytes = b"x") -> None:
@@ -23,20 +23,22 @@ def test_images_sorted_with_relative_names_and_masks_paired(tmp_path):
         touch(tmp_path / "in" / rel)
     for rel in ["a/1.png", "a/sub/3.png", "4.png", "orphan.png"]:
         touch(tmp_path / "masks" / rel)
-    plan = build_plan(str(tmp_path / "in"), str(tmp_path / "masks"), IMAGE_EXTENSIONS)
+    labels = open_labels(str(tmp_path / "masks"))
+    assert labels.kind == "png"
+    plan = build_plan(str(tmp_path / "in"), labels, IMAGE_EXTENSIONS)
     rows = plan.manifest.to_pylist()
     assert [r["file_name"] for r in rows] == ["a/1.png", "a/sub/3.jpeg", "b/2.JPG", "c/4.jpg"]
     assert [r["image_id"] for r in rows] == [1, 2, 3, 4]
     labels = [r["label_uri"] and Path(r["label_uri"]).relative_to(tmp_path / "masks").as_posix() for r in rows]
     # by relative path, then by unique stem ("4"); "2" has no mask
     assert labels == ["a/1.png", "a/sub/3.png", None, "4.png"]
-    assert plan.label_kind == "png" and plan.unmatched_labels == 1
+    assert plan.unmatched_labels == 1
 
 
 def test_masks_inside_the_input_folder_are_not_listed_as_images(tmp_path):
     touch(tmp_path / "ds" / "img" / "1.jpg")
     touch(tmp_path / "ds" / "masks" / "1.png")
-    plan = build_plan(str(tmp_path / "ds"), str(tmp_path / "ds" / "masks"), IMAGE_EXTENSIONS)
+    plan = build_plan(str(tmp_path / "ds"), open_labels(str(tmp_path / "ds" / "masks")), IMAGE_EXTENSIONS)
     assert plan.manifest.column("file_name").to_pylist() == ["img/1.jpg"]
 
 
@@ -48,13 +50,14 @@ def test_coco_labels_give_coco_ids_and_records(tmp_path):
            "categories": [{"id": 1, "name": "cat"}],
            "annotations": [{"id": 1, "image_id": 40, "category_id": 1, "segmentation": [[0, 0, 1, 0, 1, 1]]}]}
     (tmp_path / "labels.json").write_text(json.dumps(doc))
-    plan = build_plan(str(tmp_path / "in"), str(tmp_path / "labels.json"), IMAGE_EXTENSIONS)
+    labels = open_labels(str(tmp_path / "labels.json"))
+    plan = build_plan(str(tmp_path / "in"), labels, IMAGE_EXTENSIONS)
     rows = {r["file_name"]: r for r in plan.manifest.to_pylist()}
     assert rows["x/a.jpg"]["image_id"] == 40
     assert rows["b.jpg"]["image_id"] == 41  # matched by its unique basename
     assert rows["z.jpg"]["image_id"] == 42 and rows["z.jpg"]["label_record"] is None
     assert json.loads(rows["x/a.jpg"]["label_record"])["annotations"][0]["category_id"] == 1
-    assert plan.label_categories == {1: "cat"}
+    assert labels.kind == "coco" and labels.coco.categories == {1: "cat"}
 
 
 @pytest.mark.parametrize(("setup", "message"), [
@@ -72,10 +75,10 @@ def test_input_problems_are_job_errors_naming_the_input(tmp_path, setup, message
 def test_missing_labels_and_non_json_label_files_are_job_errors(tmp_path):
     touch(tmp_path / "in" / "a.jpg")
     with pytest.raises(JobError, match="labels .* do not exist"):
-        build_plan(str(tmp_path / "in"), str(tmp_path / "nope"), IMAGE_EXTENSIONS)
+        open_labels(str(tmp_path / "nope"))
     touch(tmp_path / "labels.csv")
     with pytest.raises(JobError, match="not a COCO .json"):
-        build_plan(str(tmp_path / "in"), str(tmp_path / "labels.csv"), IMAGE_EXTENSIONS)
+        open_labels(str(tmp_path / "labels.csv"))
 
 
 def test_memory_filesystem_urls_work(tmp_path):

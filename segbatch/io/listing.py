@@ -31,11 +31,9 @@ MANIFEST_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class Plan:
-    """What a run covers: the manifest and what the labels are."""
+    """What a run covers."""
 
     manifest: pa.Table
-    label_kind: str | None  # "png", "coco" or None
-    label_categories: dict[int, str] | None  # COCO categories; None for PNG masks
     unmatched_labels: int  # labels (PNG files / COCO images) that no listed image uses
 
 
@@ -67,34 +65,45 @@ def list_images(fs: Any, root: str, input_url: str, extensions: tuple[str, ...],
     return sorted(rels)
 
 
-def build_plan(input_url: str, labels_url: str | None, extensions: tuple[str, ...],
+@dataclass(frozen=True)
+class LabelSource:
+    """Where the labels are and what they are: mask PNGs (a folder) or a COCO JSON file."""
+
+    url: str
+    kind: str  # "png" | "coco"
+    fs: Any
+    root: str
+    coco: CocoLabels | None  # parsed when kind == "coco"
+
+
+def open_labels(labels_url: str, storage_options: Mapping[str, Any] | None = None) -> LabelSource:
+    """Check the labels exist and say what they are; parses a COCO file."""
+    fs, root = fsio.resolve(labels_url, storage_options)
+    if not fs.exists(root):
+        raise JobError(f"labels {labels_url!r} do not exist; pass a folder of mask PNGs or a COCO JSON file")
+    if fs.isdir(root):
+        return LabelSource(labels_url, "png", fs, root, None)
+    if not root.lower().endswith(".json"):
+        raise JobError(f"labels {labels_url!r} are a file but not a COCO .json; pass a COCO JSON or a folder of mask PNGs")
+    return LabelSource(labels_url, "coco", fs, root, load_coco(fs.cat_file(root), labels_url))
+
+
+def build_plan(input_url: str, labels: LabelSource | None, extensions: tuple[str, ...],
                storage_options: Mapping[str, Any] | None = None) -> Plan:
     """List the input, pair labels, and build the manifest table."""
-    label_kind: str | None = None
-    label_fs = label_root = None
-    if labels_url is not None:
-        label_fs, label_root = fsio.resolve(labels_url, storage_options)
-        if not label_fs.exists(label_root):
-            raise JobError(f"labels {labels_url!r} do not exist; pass a folder of mask PNGs or a COCO JSON file")
-        label_kind = "png" if label_fs.isdir(label_root) else "coco"
     fs, root = fsio.resolve(input_url, storage_options)
-    same_fs = label_fs is not None and label_fs.protocol == fs.protocol
-    rels = list_images(fs, root, input_url, extensions, exclude=label_root if label_kind == "png" and same_fs else None)
+    nested_masks = labels is not None and labels.kind == "png" and labels.fs.protocol == fs.protocol
+    rels = list_images(fs, root, input_url, extensions, exclude=labels.root if nested_masks else None)
     uris = [fsio.to_url(fs, fsio.join(root, r)) for r in rels]
     n = len(rels)
     label_uris: list[str | None] = [None] * n
     records: list[str | None] = [None] * n
     ids = list(range(1, n + 1))
-    categories = None
     unmatched = 0
-    if label_kind == "png":
-        label_uris, unmatched = _pair_masks(label_fs, label_root, rels)
-    elif label_kind == "coco":
-        if not labels_url.lower().endswith(".json"):  # type: ignore[union-attr]
-            raise JobError(f"labels {labels_url!r} are a file but not a COCO .json; pass a COCO JSON or a folder of mask PNGs")
-        coco = load_coco(label_fs.cat_file(label_root), labels_url)  # type: ignore[union-attr]
-        categories = coco.categories
-        ids, records, unmatched = _pair_coco(coco, rels)
+    if labels is not None and labels.kind == "png":
+        label_uris, unmatched = _pair_masks(labels.fs, labels.root, rels)
+    elif labels is not None and labels.coco is not None:
+        ids, records, unmatched = _pair_coco(labels.coco, rels)
     manifest = pa.table({
         "image_id": pa.array(ids, pa.int64()),
         "file_name": pa.array(rels, pa.string()),
@@ -102,7 +111,7 @@ def build_plan(input_url: str, labels_url: str | None, extensions: tuple[str, ..
         "label_uri": pa.array(label_uris, pa.string()),
         "label_record": pa.array(records, pa.string()),
     }, schema=MANIFEST_SCHEMA)
-    return Plan(manifest=manifest, label_kind=label_kind, label_categories=categories, unmatched_labels=unmatched)
+    return Plan(manifest=manifest, unmatched_labels=unmatched)
 
 
 def _pair_masks(fs: Any, root: str, rels: list[str]) -> tuple[list[str | None], int]:
