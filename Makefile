@@ -9,11 +9,11 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # torch/torchvision first, pinned to the wheels this machine serves from disk; then
-# segbatch itself (editable) with its test extras.
-$(STAMP): pyproject.toml
+# segbatch itself (editable) with its test extras, at the versions in constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
