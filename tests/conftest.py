@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +19,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
+
+# Ray turns token authentication on for `ray start --head` whenever ~/.ray/auth_token
+# exists (a local `ray.init()`, e.g. `make demo`, leaves one behind), while a client given an
+# explicit address sends a token only when RAY_AUTH_MODE=token. Pin the mode and one session
+# token for every process the tests start, so the suite behaves the same on any machine.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+if os.environ["RAY_AUTH_MODE"] == "token" and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 def free_port() -> int:
@@ -43,6 +52,12 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     import ray
 
     gcs_port, dash_port = free_port(), free_port()
+    # Every port the head binds is picked free here: Ray's fixed defaults (52365 for the
+    # dashboard agent, 10001 for the client server…) collide with any other cluster on
+    # the machine, and the job agent then never registers ("No available agent").
+    side_ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                                  "--runtime-env-agent-port", "--metrics-export-port",
+                                                  "--ray-client-server-port")}
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     # A temp dir of its own (short: it holds unix sockets) keeps this cluster's address
@@ -51,7 +66,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
          "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0",
-         "--object-store-memory=600000000", "--disable-usage-stats"],
+         "--object-store-memory=600000000", "--disable-usage-stats",
+         *(f"{flag}={port}" for flag, port in side_ports.items())],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )
     address = f"127.0.0.1:{gcs_port}"
@@ -75,6 +91,33 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def job_server(ray_cluster: RayCluster) -> str:
+    """The dashboard address of ``ray_cluster`` once it accepts job submissions.
+
+    The head's dashboard agent registers a few seconds after `ray.init` can connect; until
+    then a submission fails with "No available agent". A throwaway job proves it is ready.
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(ray_cluster.dashboard)
+    deadline = time.time() + 120
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(1)
+    while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        if time.time() > deadline:
+            raise RuntimeError(f"probe job {job_id} did not finish: {client.get_job_logs(job_id)}")
+        time.sleep(0.5)
+    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, client.get_job_logs(job_id)
+    return ray_cluster.dashboard
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,11 @@ from tests.conftest import RAY, REPO
 pytestmark = pytest.mark.ray
 
 
-def test_ray_job_submit_runs_the_job_entry_point(sample_dir, tmp_path, ray_cluster):
+def test_ray_job_submit_runs_the_job_entry_point(sample_dir, tmp_path, ray_cluster, job_server):
     out = tmp_path / "submitted"
     # The job's interpreter is this venv's python: the cluster was started from it, as
     # cluster.yaml's setup commands arrange on a real cluster.
-    cmd = [RAY, "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".", "--",
+    cmd = [RAY, "job", "submit", "--address", job_server, "--working-dir", ".", "--",
            sys.executable, "jobs/label.py", "--input", str(sample_dir / "images"),
            "--labels", str(sample_dir / "masks"), "--output", str(out), "--model", "unet", "--batch-size", "4"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=540)
@@ -38,8 +38,8 @@ def test_ray_job_submit_runs_the_job_entry_point(sample_dir, tmp_path, ray_clust
     assert (out / "_SUCCESS").exists()
 
 
-def test_job_level_errors_fail_the_submitted_job(tmp_path, ray_cluster):
-    cmd = [RAY, "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".", "--",
+def test_job_level_errors_fail_the_submitted_job(tmp_path, job_server):
+    cmd = [RAY, "job", "submit", "--address", job_server, "--working-dir", ".", "--",
            sys.executable, "jobs/label.py", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"),
            "--model", "unet"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
