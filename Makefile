@@ -4,7 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+CHROMIUM := /usr/bin/chromium
+# apt needs root: plain as root (CI, containers), through sudo otherwise.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install browser clean
 
 install: $(STAMP)
 
@@ -20,7 +24,12 @@ demo: $(STAMP)
 	rm -rf demo-output
 	$(BIN)/segbatch demo --output demo-output
 
-test: $(STAMP)
+# The report test opens report.html in a real headless Chromium (Debian's package).
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive sh -c "apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)"
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 clean:

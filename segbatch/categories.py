@@ -94,9 +94,20 @@ class EvalSpace:
         return self.label_lut[idx]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form (job.json ``eval_classes``); :meth:`from_dict` restores it exactly."""
         return {"names": list(self.names), "background": self.background,
                 "matched": [list(p) for p in self.pairs],
-                "model_only": list(self.model_only), "label_only": list(self.label_only)}
+                "model_only": list(self.model_only), "label_only": list(self.label_only),
+                "model_lut": self.model_lut.tolist(), "label_lut": self.label_lut.tolist(),
+                "label_offset": self.label_offset}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalSpace:
+        return cls(names=tuple(d["names"]), background=d["background"],
+                   model_lut=np.asarray(d["model_lut"], dtype=np.int32),
+                   label_lut=np.asarray(d["label_lut"], dtype=np.int32), label_offset=int(d["label_offset"]),
+                   pairs=tuple((str(a), str(b)) for a, b in d["matched"]),
+                   model_only=tuple(d["model_only"]), label_only=tuple(d["label_only"]))
 
 
 def build_eval_space(

@@ -22,6 +22,10 @@ from segbatch.errors import JobError
 
 log = logging.getLogger("segbatch")
 
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
 # (flag, config key, type, help) of every option `run` shares with job YAML files.
 _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--input", "input", str, "folder or prefix of images (local path or fsspec URL)"),
@@ -44,11 +48,26 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--storage-options", "storage_options", parse_storage_options, "fsspec options as JSON, e.g. '{\"anon\": true}'"),
 ]
 
+# Options of the COCO exports, shared by `run` and `export`.
+_EXPORT_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--coco-segmentation", "coco_segmentation", str, "rle (default; iscrowd=1, imports into CVAT as masks) or polygon"),
+    ("--polygon-tolerance", "polygon_tolerance", float, "polygon simplification: max outline error in pixels (default 1.0)"),
+    ("--min-mask-area", "min_mask_area", int, "leave out masks with fewer pixels (default 0)"),
+    ("--export-classes", "export_classes", _csv, "comma-separated model categories to export (default: all)"),
+    ("--coco-category-ids", "coco_category_ids", str, "a COCO JSON (e.g. your labels) whose category ids the export uses"),
+]
+
+
+def _add_options(p: argparse.ArgumentParser, options: list[tuple[str, str, Any, str]]) -> None:
+    for flag, dest, typ, help_text in options:
+        p.add_argument(flag, dest=dest, type=typ, default=argparse.SUPPRESS, help=help_text)
+
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="job YAML file with the same keys; flags given here win")
-    for flag, dest, typ, help_text in _RUN_OPTIONS:
-        p.add_argument(flag, dest=dest, type=typ, default=argparse.SUPPRESS, help=help_text)
+    _add_options(p, _RUN_OPTIONS + _EXPORT_OPTIONS)
+    p.add_argument("--no-report", dest="report", action="store_false", default=argparse.SUPPRESS,
+                   help="do not write report.html at the end of a run with labels")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="label the bundled sample images with the bundled U-Net")
     demo.add_argument("--output", default="demo-output")
     demo.add_argument("--ray-address", default=None)
+    audit = sub.add_parser("audit", help="write report.html for a finished run with labels (no model run)")
+    audit.add_argument("run_dir")
+    audit.add_argument("--worst", type=int, default=12, help="images shown with overlays (default 12)")
+    audit.add_argument("--classes", type=_csv, default=None, help="comma-separated evaluation classes to audit")
+    audit.add_argument("--max-dice", type=float, default=None, help="only images whose Dice is at most this")
+    audit.add_argument("--sample", type=int, default=None, help="audit a random sample of N labeled images")
+    audit.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    audit.add_argument("--storage-options", type=parse_storage_options, default={})
+    metrics = sub.add_parser("metrics", help="recompute metrics.json from a finished run's Parquet and print it")
+    metrics.add_argument("run_dir")
+    metrics.add_argument("--storage-options", type=parse_storage_options, default={})
+    export = sub.add_parser("export", help="rewrite a finished run's COCO files with other export options")
+    export.add_argument("run_dir")
+    _add_options(export, _EXPORT_OPTIONS)
+    export.add_argument("--storage-options", dest="storage_options", type=parse_storage_options, default={})
     sample = sub.add_parser("sample", help="write generated shape images and mask PNGs")
     sample.add_argument("out_dir")
     sample.add_argument("--n", type=int, default=32)
@@ -110,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_sample_dataset(args.out_dir, args.n, seed=args.seed)
             print(f"wrote {args.n} images to {args.out_dir}/images and masks to {args.out_dir}/masks")
             return 0
+        if args.command in ("audit", "metrics", "export"):
+            return _offline(args)
         config = demo_config(args.output, args.ray_address) if args.command == "demo" else config_from_args(args)
         from segbatch.pipeline import run
 
@@ -118,6 +154,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segbatch: error: {err}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))
+    return 0
+
+
+def _offline(args: argparse.Namespace) -> int:
+    """``audit`` / ``metrics`` / ``export``: work on a finished run's files, no Ray, no model."""
+    import json
+
+    from segbatch.outdir import JOB, OutDir
+
+    out = OutDir.open(args.run_dir, args.storage_options)
+    if not out.exists(JOB):
+        raise JobError(f"{args.run_dir!r} is not a segbatch run ({JOB} is missing)")
+    if args.command == "metrics":
+        from segbatch.run_metrics import recompute_metrics
+
+        print(json.dumps(recompute_metrics(out), indent=2))
+        return 0
+    if args.command == "audit":
+        from segbatch.report import AuditOptions, write_report
+
+        options = AuditOptions(worst=args.worst, classes=args.classes, max_dice=args.max_dice, sample=args.sample,
+                               seed=args.seed, storage_options=args.storage_options)
+        print(f"audit report: {write_report(out, options)}")
+        return 0
+    from segbatch.coco_export import write_coco_exports
+    from segbatch.pipeline import coco_info
+
+    job = out.read_json(JOB)
+    values = {**job["config"], **{k: v for k, v in vars(args).items() if k not in ("command", "run_dir")}}
+    config = JobConfig.from_mapping(values)
+    model = job["model"]
+    counts = write_coco_exports(out, task=model["task"], model_categories=tuple(model["categories"]),
+                                background=model["background"], info=coco_info(model["name"], job.get("started", "")),
+                                options=config.export_options())
+    print(f"wrote {counts['annotations']} annotations to {out.url_of('predictions.coco.json')} "
+          f"({counts['below_min_area']} below the minimum area, {counts['other_class']} of other classes left out)")
     return 0
 
 

@@ -52,6 +52,15 @@ class JobConfig:
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ray_address: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    # COCO export options (segbatch.coco_export.ExportOptions): they shape only the COCO
+    # files, so changing them does not make a different job.
+    coco_segmentation: str = "rle"
+    polygon_tolerance: float = 1.0
+    min_mask_area: int = 0
+    export_classes: tuple[str, ...] | None = None
+    coco_category_ids: str | None = None
+    # Write report.html at the end of a run that had labels.
+    report: bool = True
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "model", "weights"):
@@ -85,6 +94,9 @@ class JobConfig:
         if not exts:
             raise JobError("extensions must name at least one file extension, e.g. ['.jpg', '.png']")
         object.__setattr__(self, "extensions", exts)
+        if self.export_classes is not None:
+            object.__setattr__(self, "export_classes", tuple(str(c) for c in self.export_classes))
+        self.export_options()  # validates the export fields
         object.__setattr__(self, "storage_options", dict(self.storage_options))
 
     @classmethod
@@ -96,7 +108,7 @@ class JobConfig:
             name = str(key).replace("-", "_")
             if name not in names:
                 raise JobError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(names))}")
-            kwargs[name] = tuple(value) if name == "extensions" else value
+            kwargs[name] = tuple(value) if name in ("extensions", "export_classes") and value is not None else value
         missing = [n for n in ("input", "output", "model") if kwargs.get(n) is None]
         if missing:
             raise JobError(f"missing required config value(s): {', '.join(missing)}")
@@ -116,6 +128,17 @@ class JobConfig:
         if not isinstance(values, dict):
             raise JobError(f"config file {str(path)!r} must hold a mapping of keys to values")
         return cls.from_mapping({**values, **(overrides or {})})
+
+    def export_options(self) -> Any:
+        """The COCO export options (:class:`segbatch.coco_export.ExportOptions`)."""
+        from segbatch.coco_export import ExportOptions
+
+        _check_int("min_mask_area", self.min_mask_area, minimum=0)
+        if not _is_number(self.polygon_tolerance):
+            raise JobError(f"polygon_tolerance must be a number of pixels, got {self.polygon_tolerance!r}")
+        return ExportOptions(segmentation=self.coco_segmentation, polygon_tolerance=float(self.polygon_tolerance),
+                             min_area=self.min_mask_area, classes=self.export_classes,
+                             category_ids_from=self.coco_category_ids, storage_options=self.storage_options)
 
     def public_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values with every secret removed (for job.json and logs)."""

@@ -81,7 +81,7 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
     es = spec.eval_space
     pred = es.predictions(model_map)
     try:
-        gt = _read_label(row, spec, h, w)
+        gt = read_label(row, spec, h, w)
     except ImageError as err:
         gt = None
         out["status"], out["error"] = "error", str(err)
@@ -106,7 +106,7 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
     return out
 
 
-def _read_label(row: Mapping[str, Any], spec: EncodeSpec, h: int, w: int) -> np.ndarray | None:
+def read_label(row: Mapping[str, Any], spec: EncodeSpec, h: int, w: int) -> np.ndarray | None:
     """The image's label in evaluation ids ``(H, W) int32``, None if unlabeled (and allowed)."""
     if spec.label_kind is None:
         return None

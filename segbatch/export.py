@@ -95,13 +95,13 @@ class CocoWriter:
         self._f = f
         self._section = "images"
         self._first = True
-        self._write('{"info":' + _dumps(info) + ',"licenses":[],"images":[')
+        self._write('{"info":' + dumps(info) + ',"licenses":[],"images":[')
 
     def _write(self, text: str) -> None:
         self._f.write(text.encode("utf-8"))
 
     def _item(self, obj: Mapping[str, Any]) -> None:
-        self._write(("" if self._first else ",") + "\n" + _dumps(obj))
+        self._write(("" if self._first else ",") + "\n" + dumps(obj))
         self._first = False
 
     def image(self, entry: Mapping[str, Any]) -> None:
@@ -117,8 +117,9 @@ class CocoWriter:
     def close(self, categories: Iterable[Mapping[str, Any]]) -> None:
         if self._section == "images":
             self._write('],"annotations":[')
-        self._write('],"categories":' + _dumps(list(categories)) + "}\n")
+        self._write('],"categories":' + dumps(list(categories)) + "}\n")
 
 
-def _dumps(obj: Any) -> str:
+def dumps(obj: Any) -> str:
+    """Compact JSON (no spaces), UTF-8 kept."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

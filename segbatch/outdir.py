@@ -24,10 +24,13 @@ PARTS = "parts"
 IMAGES = "images.parquet"
 MASKS = "masks.parquet"
 COCO = "predictions.coco.json"
+RESULTS = "predictions.results.json"
+REPORT = "report.html"
+REPORT_DIR = "report"
 METRICS = "metrics.json"
 JOB = "job.json"
 SUCCESS = "_SUCCESS"
-OURS = {MANIFEST, PARTS, IMAGES, MASKS, COCO, METRICS, JOB, SUCCESS, "report.html", "report"}
+OURS = {MANIFEST, PARTS, IMAGES, MASKS, COCO, RESULTS, METRICS, JOB, SUCCESS, REPORT, REPORT_DIR}
 
 
 @dataclass(frozen=True)

@@ -175,11 +175,14 @@ def run(config: JobConfig) -> RunSummary:
     t_final = time.perf_counter()
     metrics = finalize(out, all_ids, FinalizeSpec(
         task=prep.loaded.task, categories=prep.loaded.categories, background=prep.loaded.background,
-        eval_space=prep.eval_space,
-        coco_info={"description": f"segbatch {__version__} predictions of {config.model}",
-                   "version": __version__, "date_created": started},
-        coco_labels=config.labels if prep.label_kind == "coco" else None,
+        eval_classes=prep.job["eval_classes"], coco_info=coco_info(config.model, started),
+        export=config.export_options(), coco_labels=config.labels if prep.label_kind == "coco" else None,
     ))
+    if config.report and metrics["num_labeled"]:
+        from segbatch.report import AuditOptions, write_report
+
+        report = write_report(out, AuditOptions(), metrics=metrics)
+        log.info("audit report: %s", report)
     t_end = time.perf_counter()
     timings = {"plan_s": round(t_ray - t_start, 3), "inference_s": round(t_final - t_ray, 3),
                "finalize_s": round(t_end - t_final, 3), "total_s": round(t_end - t_start, 3)}
@@ -189,6 +192,11 @@ def run(config: JobConfig) -> RunSummary:
     fsio.write_bytes_atomic(out.fs, out.path(SUCCESS), b"")
     return _summary(config, metrics, processed=todo.num_rows, skipped=len(committed),
                     seconds=t_end - t_start, inference_seconds=t_final - t_ray)
+
+
+def coco_info(model: str, created: str) -> dict[str, Any]:
+    return {"description": f"segbatch {__version__} predictions of {model}", "version": __version__,
+            "date_created": created}
 
 
 def _summary(config: JobConfig, metrics: dict[str, Any], *, processed: int, skipped: int, seconds: float,
