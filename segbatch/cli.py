@@ -39,6 +39,7 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--actors", "actors", int, "model actors, one model each (default 1)"),
     ("--gpus-per-actor", "gpus_per_actor", float, "GPUs per actor; fractions pack actors (default: 1 if the cluster has GPUs, else 0)"),
     ("--cpus-per-actor", "cpus_per_actor", float, "CPUs per actor, also its torch threads (default 1)"),
+    ("--torch-threads", "torch_threads", int, "torch threads per actor (default: --cpus-per-actor)"),
     ("--score-threshold", "score_threshold", float, "instance models: minimum detection score (default 0.5)"),
     ("--mask-threshold", "mask_threshold", float, "instance models: mask probability threshold (default 0.5)"),
     ("--min-size", "min_size", int, "instance models: shorter side the model resizes to (default: the model's)"),

@@ -44,6 +44,9 @@ class JobConfig:
     actors: int = 1
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
+    # torch intra-op threads per actor (default: cpus_per_actor, at least 1). More threads
+    # than reserved CPUs let the model use cores that light decode/encode tasks leave idle.
+    torch_threads: int | None = None
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     min_size: int | None = None
@@ -70,6 +73,8 @@ class JobConfig:
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("actors", self.actors, minimum=1)
         _check_int("rows_per_part", self.rows_per_part, minimum=1)
+        if self.torch_threads is not None:
+            _check_int("torch_threads", self.torch_threads, minimum=1)
         if self.min_size is not None:
             _check_int("min_size", self.min_size, minimum=16)
         if self.gpus_per_actor is not None and not (

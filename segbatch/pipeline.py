@@ -236,7 +236,7 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
         _RayPredictor,
         fn_constructor_kwargs={"weights_holder": [weights_ref], "model_name": config.model,
                                "options": _model_options(config), "precision": config.precision,
-                               "num_threads": max(1, int(config.cpus_per_actor))},
+                               "num_threads": config.torch_threads or max(1, int(config.cpus_per_actor))},
         batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=config.actors),
         num_gpus=gpus, num_cpus=config.cpus_per_actor,
     )

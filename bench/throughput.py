@@ -1,0 +1,218 @@
+"""Throughput of segbatch against the bare model and the plain loop a user would write.
+
+One invocation, one process tree, the same generated JPEGs and the same weights for all
+three measurements, per model:
+
+1. ceiling: the model's forward pass alone on pre-decoded, pre-resized, normalized tensors;
+2. plain:   the seed's single-process loop (PIL decode, torchvision transforms, forward,
+            bilinear logits to the original size + argmax, pycocotools RLE, JSON);
+3. segbatch: a fresh local Ray cluster (its start-up is timed) and ``segbatch.run``, outputs
+            written. Steady state is measured between the first and last committed part file.
+
+Weights are seeded random models with BatchNorm statistics calibrated on the images (no
+download here), so outputs have realistic, many-class masks. Run::
+
+    .venv/bin/python bench/throughput.py [--n 256] [--models lraspp_mobilenet_v3_large,...]
+
+It ends with one line per model, e.g.
+``lraspp_mobilenet_v3_large ceiling=4.9 plain=3.7 segbatch=3.9 img/s ratio_plain=1.05 ratio_ceiling=0.93``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torchvision.models import get_model_builder, get_model_weights
+from torchvision.transforms.functional import pil_to_tensor
+
+DEFAULT_MODELS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "maskrcnn_resnet50_fpn")
+INSTANCE = {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"}
+
+
+@dataclass
+class Figures:
+    ceiling: float
+    plain: float
+    segbatch: float  # end to end, Ray start-up included
+    steady: float  # first to last committed part
+    first_output_s: float  # after Ray is up
+    ray_start_s: float
+
+
+def write_images(root: Path, n: int, width: int, height: int) -> list[Path]:
+    """``n`` JPEGs of generated shapes (the demo's generator) at ``width``×``height``."""
+    from segbatch.sample import render_sample
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        rgb, _ = render_sample(rng, height, width, max_shapes=6)
+        p = root / "images" / f"img_{i:05d}.jpg"
+        Image.fromarray(rgb).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def seeded_model(name: str, paths: list[Path], min_size: int) -> torch.nn.Module:
+    """A seeded random torchvision model; BN statistics calibrated on a few of the images."""
+    torch.manual_seed(0)
+    kwargs = {"min_size": min_size} if name in INSTANCE else {}
+    model = get_model_builder(name)(weights=None, weights_backbone=None, **kwargs)
+    if name not in INSTANCE:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+                m.reset_running_stats()
+        transform = get_model_weights(name).DEFAULT.transforms()
+        model.train()
+        with torch.no_grad():
+            model(torch.stack([transform(pil_to_tensor(Image.open(p).convert("RGB"))) for p in paths[:8]]))
+    return model.eval()
+
+
+def ceiling(name: str, ckpt: Path, paths: list[Path], batch_size: int, min_size: int) -> float:
+    """img/s of the forward pass alone, through segbatch's own model loading and preprocessing."""
+    from segbatch.io.images import decode_image
+    from segbatch.models.registry import ModelOptions, get_model_spec
+    from segbatch.models.weights import load_model, resolve_weights
+
+    spec = get_model_spec(name)
+    loaded = load_model(spec, resolve_weights(spec, str(ckpt)), ModelOptions(min_size=min_size if name in INSTANCE else None))
+    pre = loaded.preprocess
+    tensors = [pre.normalize(torch.from_numpy(pre.resize_chw(decode_image(p.read_bytes())))[None])[0] for p in paths]
+    best = 0.0
+    # The ceiling is the model at its best batch size: on a CPU, one image per forward pass
+    # is often fastest (the activations of a batch fall out of cache).
+    for bs in sorted({1, batch_size}):
+        with torch.inference_mode():
+            if name in INSTANCE:
+                loaded.module(tensors[:bs])  # warm-up
+                t0 = time.perf_counter()
+                for i in range(0, len(tensors), bs):
+                    loaded.module(tensors[i: i + bs])
+            else:
+                loaded.module(torch.stack(tensors[:bs]))
+                t0 = time.perf_counter()
+                for i in range(0, len(tensors), bs):
+                    loaded.module(torch.stack(tensors[i: i + bs]))["out"]
+        rate = len(tensors) / (time.perf_counter() - t0)
+        print(f"  ceiling at batch {bs}: {rate:.2f} img/s", flush=True)
+        best = max(best, rate)
+    return best
+
+
+def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path) -> float:
+    """img/s of the seed's snippet, single process, default torch threads."""
+    weights = get_model_weights(name).DEFAULT
+    transform = weights.transforms()
+    images, annotations = [], []
+    t0 = time.perf_counter()
+    for image_id, path in enumerate(paths, start=1):
+        img = Image.open(path).convert("RGB")
+        x = transform(pil_to_tensor(img))
+        with torch.inference_mode():
+            if name in INSTANCE:
+                o = model([x])[0]
+                keep = o["scores"] >= 0.5
+                masks = (o["masks"][keep, 0] > 0.5).to(torch.uint8).numpy()
+                found = list(zip(masks, o["labels"][keep].tolist(), o["scores"][keep].tolist(), strict=True))
+            else:
+                logits = model(x[None])["out"]
+                up = F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)
+                pred = up.argmax(1)[0].to(torch.uint8).numpy()
+                found = [((pred == c).astype(np.uint8), int(c), 1.0) for c in np.unique(pred) if c != 0]
+        images.append({"id": image_id, "file_name": path.name, "width": img.width, "height": img.height})
+        for m, c, s in found:
+            rle = mask_utils.encode(np.asfortranarray(m))
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": c, "score": s,
+                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                                "area": int(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(),
+                                "iscrowd": 1})
+    with open(out, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": []}, f)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, float, float]:
+    """(end-to-end img/s incl. Ray start, steady img/s, first output s after Ray up, Ray start s)."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from segbatch import JobConfig, run
+
+    t0 = time.time()
+    ray.init(num_cpus=args.ray_cpus or os.cpu_count(), include_dashboard=False, logging_level="ERROR",
+             object_store_memory=1_000_000_000)
+    t_up = time.time()
+    try:
+        summary = run(JobConfig(input=str(images), output=str(out), model=name, weights=str(ckpt),
+                                batch_size=args.batch_size, rows_per_part=args.batch_size,
+                                cpus_per_actor=args.cpus_per_actor, actors=args.actors,
+                                torch_threads=args.torch_threads,
+                                min_size=args.min_size if name in INSTANCE else None, report=False))
+    finally:
+        t_end = time.time()
+        ray.shutdown()
+    assert summary.num_errors == 0, summary.lines()
+    parts = sorted((p.stat().st_mtime, pq.read_metadata(p).num_rows) for p in (out / "parts").glob("*.parquet"))
+    first, last = parts[0][0], parts[-1][0]
+    steady = (sum(r for _, r in parts) - parts[0][1]) / (last - first) if last > first else float("nan")
+    return summary.num_images / (t_end - t0), steady, first - t_up, t_up - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=256, help="images (default 256)")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--torch-threads", type=int, default=None, help="per actor (default: --cpus-per-actor)")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs the local Ray cluster declares (default: all)")
+    p.add_argument("--min-size", type=int, default=320, help="Mask R-CNN's shorter side (default 320)")
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="sb-bench-"))
+    paths = write_images(work / "data", args.n, args.width, args.height)
+    print(f"{args.n} JPEGs {args.width}x{args.height}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
+          f"{args.actors} actor(s) x {args.cpus_per_actor:g} CPU, torch threads {args.torch_threads}", flush=True)
+    results: dict[str, Figures] = {}
+    for name in args.models.split(","):
+        model = seeded_model(name, paths, args.min_size)
+        ckpt = work / f"{name}.pth"
+        torch.save(model.state_dict(), ckpt)
+        c = ceiling(name, ckpt, paths, args.batch_size, args.min_size)
+        print(f"{name}: ceiling {c:.2f} img/s", flush=True)
+        pl = plain_loop(name, model, paths, work / f"{name}.plain.json")
+        print(f"{name}: plain loop {pl:.2f} img/s", flush=True)
+        out = work / f"{name}.segbatch"
+        shutil.rmtree(out, ignore_errors=True)
+        e2e, steady, first, ray_s = segbatch_run(name, ckpt, work / "data" / "images", out, args)
+        print(f"{name}: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), steady {steady:.2f} img/s, "
+              f"first committed output {first:.1f} s after Ray was up", flush=True)
+        results[name] = Figures(c, pl, e2e, steady, first, ray_s)
+    print()
+    for name, f in results.items():
+        print(f"{name} ceiling={f.ceiling:.2f} plain={f.plain:.2f} segbatch={f.segbatch:.2f} img/s "
+              f"steady={f.steady:.2f} first_output_s={f.first_output_s:.1f} "
+              f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f}")
+
+
+if __name__ == "__main__":
+    main()
