@@ -59,6 +59,7 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
         "labeled": False, "dice": None, "num_masks": 0,
         "class_stats": [], "confusion": [], "masks": [],
         "t_read": float(row["t_read"]), "t_predict": float(row["t_predict"]), "t_encode": None,
+        "worker": None if row.get("worker") is None else str(row["worker"]),
     }
     if not ok:
         out["t_encode"] = time.perf_counter() - t0

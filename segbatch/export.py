@@ -61,6 +61,7 @@ IMAGE_FIELDS = [
     pa.field("t_read", pa.float64()),  # seconds: fetch + decode + resize
     pa.field("t_predict", pa.float64()),  # seconds: this image's share of its model batch
     pa.field("t_encode", pa.float64()),  # seconds: RLE + label + scoring
+    pa.field("worker", pa.string()),  # where the model ran: "node=… pid=… device=cpu|cuda gpus=0"
 ]
 
 IMAGES_SCHEMA = pa.schema(IMAGE_FIELDS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import platform
 import sys
 import time
@@ -43,6 +44,7 @@ from segbatch.read import read_batch
 log = logging.getLogger("segbatch")
 
 READ_TASK_RETRIES = 3
+ACTOR_TASK_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def prepare(config: JobConfig) -> _Prepared:
         label_map = parse_label_map(data, config.label_map)
         label_map_sha = hashlib.sha256(data).hexdigest()
     out = OutDir.open(config.output, so)
+    fsio.require_shared_folder(out.fs, config.output, "output")
     identity = job_identity(
         input=redact_url(config.input), labels=None if config.labels is None else redact_url(config.labels),
         label_map_sha256=label_map_sha, model=config.model, weights_source=redact_url(weights.source),
@@ -239,6 +242,10 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
                                "num_threads": config.torch_threads or max(1, int(config.cpus_per_actor))},
         batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=config.actors),
         num_gpus=gpus, num_cpus=config.cpus_per_actor,
+        # A dead actor is restarted (Ray Data's default) and its batch retried a bounded
+        # number of times (Ray Data's default is forever), so a poison batch fails the run
+        # loudly instead of looping; the rerun resumes from the committed parts.
+        max_task_retries=ACTOR_TASK_RETRIES,
     )
     ds = ds.map_batches(encode_batch, fn_kwargs={"spec": encode_spec}, batch_size=config.batch_size,
                         batch_format="numpy", num_cpus=1)
@@ -257,8 +264,14 @@ class _RayPredictor(Predictor):
     def __init__(self, weights_holder: list[Any], **kwargs: Any) -> None:
         # The ObjectRef travels inside a list so that Ray does not resolve it at
         # construction; the actor fetches the checkpoint bytes once, here.
-        super().__init__(weights=lambda: ray.get(weights_holder[0]), device=pick_device(ray.get_gpu_ids()),
-                         **kwargs)
+        gpu_ids = ray.get_gpu_ids()
+        device = pick_device(gpu_ids)
+        ctx = ray.get_runtime_context()
+        worker = (f"node={ctx.get_node_id()[:12]} pid={os.getpid()} device={device} "
+                  f"gpus={','.join(str(g) for g in gpu_ids)}")
+        super().__init__(weights=lambda: ray.get(weights_holder[0]), device=device, worker=worker, **kwargs)
+        # Ray forwards actor output to the driver: one line per model actor says where it runs.
+        print(f"segbatch: model actor ready: {worker}", flush=True)
 
 
 class _PartsDatasink(Datasink[list[str]]):

@@ -8,13 +8,15 @@ Input batch columns: ``image`` (each ``(3, h, w) uint8``, resized for the model)
 ``height``/``width`` (original size), ``status``, ``error`` and pass-through columns.
 Output adds, for a semantic model, ``label_map`` (each ``(H, W) uint8`` at the original
 size), for an instance model ``inst_masks`` (``(N, H, W) uint8``), ``inst_labels``
-(``(N,) int64``), ``inst_scores`` (``(N,) float32``); and ``t_predict`` (s per image).
+(``(N,) int64``), ``inst_scores`` (``(N,) float32``); ``t_predict`` (s per image) and
+``worker`` (str: where the model ran).
 ``image`` is dropped. A failure in one image becomes that row's error.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +53,7 @@ class Predictor:
         precision: str = "fp32",
         device: torch.device | str | None = None,
         num_threads: int | None = None,
+        worker: str | None = None,
     ) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -64,6 +67,8 @@ class Predictor:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         self.preprocess = self.loaded.preprocess
+        # Where this predictor runs, recorded on every row (images.parquet ``worker``).
+        self.worker = worker or f"pid={os.getpid()} device={self.device}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["status"])
@@ -99,7 +104,8 @@ class Predictor:
                 else:
                     results[i] = out
         out_batch = {k: v for k, v in batch.items() if k != "image"}
-        out_batch.update(status=status, error=error, t_predict=t_predict)
+        out_batch.update(status=status, error=error, t_predict=t_predict,
+                         worker=np.full(n, self.worker, dtype=object))
         if semantic:
             out_batch["label_map"] = _object_array([r if r is not None else np.zeros((0, 0), np.uint8) for r in results])
         else:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,55 +43,66 @@ class RayCluster:
     temp_dir: str  # the head's --temp-dir (sessions, logs, unpacked working dirs)
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    """A real Ray head started with `ray start --head --block` and joined by this process.
+@contextmanager
+def ray_head(log_path: Path, *, num_cpus: int, num_gpus: int) -> Iterator[RayCluster]:
+    """A real Ray head (`ray start --head --block`) in its own process group, stopped on exit.
 
-    Started once per session (10–20 s here). The head runs in its own process group and
-    is stopped by signalling that group, so a developer's own Ray cluster is untouched.
+    Every port it binds is picked free: Ray's fixed defaults (52365 for the dashboard
+    agent, 10001 for the client server…) collide with any other cluster on the machine,
+    and the job agent then never registers ("No available agent"). A temp dir of its own
+    (short: it holds unix sockets) keeps its address file away from /tmp/ray, so a later
+    plain `ray.init()` never finds a dead cluster.
     """
-    import ray
-
     gcs_port, dash_port = free_port(), free_port()
-    # Every port the head binds is picked free here: Ray's fixed defaults (52365 for the
-    # dashboard agent, 10001 for the client server…) collide with any other cluster on
-    # the machine, and the job agent then never registers ("No available agent").
     side_ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                                   "--runtime-env-agent-port", "--metrics-export-port",
                                                   "--ray-client-server-port")}
-    log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    # A temp dir of its own (short: it holds unix sockets) keeps this cluster's address
-    # file away from /tmp/ray, so a later plain `ray.init()` never finds a dead cluster.
     temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")
-    proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
-         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0",
-         "--object-store-memory=600000000", "--disable-usage-stats",
-         *(f"{flag}={port}" for flag, port in side_ports.items())],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-    )
-    address = f"127.0.0.1:{gcs_port}"
-    deadline = time.time() + 120
-    while True:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs_port}",
+             f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+             f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--object-store-memory=600000000",
+             "--disable-usage-stats", *(f"{flag}={port}" for flag, port in side_ports.items())],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
         try:
-            ray.init(address=address, logging_level="WARNING")
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ray head did not start; see {log.name}") from None
-            time.sleep(1)
-    try:
-        yield RayCluster(address=address, dashboard=f"http://127.0.0.1:{dash_port}", temp_dir=temp_dir)
-    finally:
-        ray.shutdown()
-        os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.time() + 120
+            while b"Ray runtime started" not in log_path.read_bytes():
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray head did not start; see {log_path}")
+                time.sleep(0.5)
+            yield RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard=f"http://127.0.0.1:{dash_port}",
+                             temp_dir=temp_dir)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """The shared local cluster (2 CPUs, no GPU), joined by this process; started once per session (10–20 s)."""
+    import ray
+
+    with ray_head(tmp_path_factory.mktemp("ray") / "head.log", num_cpus=2, num_gpus=0) as cluster:
+        deadline = time.time() + 60
+        while True:
+            try:
+                ray.init(address=cluster.address, logging_level="WARNING")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            yield cluster
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="session")

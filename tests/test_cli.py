@@ -48,12 +48,16 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     (["--input", "{images}", "--model", "unet", "--weights", "{tmp}/garbage.pt"], "cannot load weights"),
     (["--input", "{images}", "--model", "unet", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
     (["--input", "{images}", "--model", "unet", "--labels", "{tmp}/nolabels"], "labels '{tmp}/nolabels' do not exist"),
+    (["--input", "{images}", "--model", "unet", "--output", "memory://runs/out"],
+     "output 'memory://runs/out' is on fsspec's in-process memory filesystem, which Ray workers"),
+    (["--input", "http://127.0.0.1:9/photos", "--model", "unet"], "input 'http://127.0.0.1:9/photos' is an http(s) URL"),
 ])
 def test_job_level_problems_exit_2_naming_the_bad_value(tmp_path, images, capsys, args, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "garbage.pt").write_bytes(b"\x00" * 64)
     fmt = {"tmp": str(tmp_path), "images": str(images)}
-    code, err = run_cli([a.format(**fmt) for a in args] + ["--output", str(tmp_path / "out")], capsys)
+    output = [] if "--output" in args else ["--output", str(tmp_path / "out")]
+    code, err = run_cli([a.format(**fmt) for a in args] + output, capsys)
     assert code == 2
     assert message.format(**fmt) in err
     assert not (tmp_path / "out").exists()  # failed before any work

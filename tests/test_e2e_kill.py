@@ -126,3 +126,4 @@ def test_sigkill_of_a_model_actor_is_survived_without_loss(many, reference, tmp_
     assert killed, "no model actor was found to kill"
     assert summary.num_images == N and summary.num_errors == 0
     assert stable(out) == reference
+

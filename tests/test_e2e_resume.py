@@ -17,7 +17,7 @@ pytestmark = pytest.mark.ray
 
 def stable(out: Path) -> tuple[list, dict, dict]:
     """The outputs that must not depend on how a run was split (timings excluded)."""
-    images = pq.read_table(out / "images.parquet").drop_columns(["t_read", "t_predict", "t_encode"]).to_pylist()
+    images = pq.read_table(out / "images.parquet").drop_columns(["t_read", "t_predict", "t_encode", "worker"]).to_pylist()
     coco = json.loads((out / "predictions.coco.json").read_text())
     coco.pop("info")
     return images, coco, json.loads((out / "metrics.json").read_text())

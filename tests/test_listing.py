@@ -81,14 +81,17 @@ def test_missing_labels_and_non_json_label_files_are_job_errors(tmp_path):
         open_labels(str(tmp_path / "labels.csv"))
 
 
-def test_memory_filesystem_urls_work(tmp_path):
+def test_folders_workers_cannot_see_are_refused_single_files_are_not(tmp_path):
     import fsspec
 
     mem = fsspec.filesystem("memory")
     mem.pipe("/lst/imgs/a.png", b"x")
-    mem.pipe("/lst/imgs/b.jpg", b"y")
-    plan = build_plan("memory://lst/imgs", None, IMAGE_EXTENSIONS)
-    assert plan.manifest.column("file_name").to_pylist() == ["a.png", "b.jpg"]
-    uris = plan.manifest.column("uri").to_pylist()
-    assert all(u.startswith("memory://") for u in uris)
-    assert [fsio.read_bytes(u) for u in uris] == [b"x", b"y"]
+    mem.pipe("/lst/masks/a.png", b"m")
+    # The memory filesystem lives in this process: Ray workers would list it empty.
+    with pytest.raises(JobError, match=r"input 'memory://lst/imgs' is on fsspec's in-process memory filesystem"):
+        build_plan("memory://lst/imgs", None, IMAGE_EXTENSIONS)
+    with pytest.raises(JobError, match=r"labels 'memory://lst/masks' is on fsspec's in-process memory"):
+        open_labels("memory://lst/masks")
+    with pytest.raises(JobError, match=r"input 'https://example.invalid/imgs' is an http\(s\) URL"):
+        build_plan("https://example.invalid/imgs", None, IMAGE_EXTENSIONS)
+    assert fsio.read_bytes("memory://lst/imgs/a.png") == b"x"  # single files the driver reads are fine

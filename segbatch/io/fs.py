@@ -29,6 +29,26 @@ def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple
     return fs, path.rstrip("/") if path not in ("/", "") else path
 
 
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
+def require_shared_folder(fs: AbstractFileSystem, url: str, what: str) -> None:
+    """Refuse a folder that Ray workers cannot list, read or write: ``memory://`` and ``http(s)://``.
+
+    fsspec's memory filesystem lives in one process, so the workers (other processes) would
+    see it empty; http(s) serves single files (weights, a COCO JSON, a label map), not folders.
+    """
+    protos = _protocols(fs)
+    if "memory" in protos:
+        raise JobError(f"{what} {url!r} is on fsspec's in-process memory filesystem, which Ray workers (other "
+                       "processes) cannot see; use a local path every worker can reach, or object storage "
+                       "(s3://, gs://, …)")
+    if "http" in protos or "https" in protos:
+        raise JobError(f"{what} {url!r} is an http(s) URL, which serves single files (weights, COCO labels, a "
+                       "label map), not folders; use a local path or object storage (s3://, gs://, …)")
+
+
 def join(*parts: str) -> str:
     """Join path parts with ``/`` (fsspec paths are posix on every filesystem)."""
     return posixpath.join(*parts)

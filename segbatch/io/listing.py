@@ -48,6 +48,7 @@ def list_images(fs: Any, root: str, input_url: str, extensions: tuple[str, ...],
     Raises :class:`JobError` if the input is missing, not a folder, or holds no image.
     ``exclude`` is a sub-folder (e.g. mask PNGs kept inside the input) that is not listed.
     """
+    fsio.require_shared_folder(fs, input_url, "input")
     if not fs.exists(root):
         raise JobError(f"input {input_url!r} does not exist")
     if not fs.isdir(root):
@@ -82,6 +83,7 @@ def open_labels(labels_url: str, storage_options: Mapping[str, Any] | None = Non
     if not fs.exists(root):
         raise JobError(f"labels {labels_url!r} do not exist; pass a folder of mask PNGs or a COCO JSON file")
     if fs.isdir(root):
+        fsio.require_shared_folder(fs, labels_url, "labels")  # mask PNGs are read by the workers
         return LabelSource(labels_url, "png", fs, root, None)
     if not root.lower().endswith(".json"):
         raise JobError(f"labels {labels_url!r} are a file but not a COCO .json; pass a COCO JSON or a folder of mask PNGs")
