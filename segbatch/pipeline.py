@@ -62,6 +62,7 @@ class RunSummary:
     seconds: float
     images_per_second: float | None
     metrics: dict[str, Any]
+    report: bool = False  # report.html was written
 
     def lines(self) -> list[str]:
         rate = f", {self.images_per_second:.2f} img/s" if self.images_per_second else ""
@@ -77,7 +78,10 @@ class RunSummary:
         if unmatched.get("model_only") or unmatched.get("label_only"):
             out.append(f"  categories only the model knows: {unmatched.get('model_only')}; "
                        f"only the labels know: {unmatched.get('label_only')}")
-        out.append(f"  outputs in {self.output}: predictions.coco.json, images.parquet, masks.parquet, metrics.json")
+        files = "predictions.coco.json, predictions.results.json, images.parquet, masks.parquet, metrics.json"
+        if self.num_labeled and self.report:
+            files += ", report.html"
+        out.append(f"  outputs in {self.output}: {files}")
         return out
 
 
@@ -208,7 +212,7 @@ def _summary(config: JobConfig, metrics: dict[str, Any], *, processed: int, skip
     return RunSummary(output=config.output, num_images=metrics["num_images"], num_processed=processed,
                       num_skipped=skipped, num_errors=metrics["num_errors"], num_masks=metrics["num_masks"],
                       num_labeled=metrics["num_labeled"], mean_dice=metrics.get("mean_dice"), seconds=seconds,
-                      images_per_second=rate, metrics=metrics)
+                      images_per_second=rate, metrics=metrics, report=config.report)
 
 
 def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
