@@ -1,16 +1,15 @@
 """Finalize: committed parts → images.parquet, masks.parquet, COCO exports, metrics.json.
 
-Runs on the driver and streams: part files are merged by ``image_id`` (each part is
-sorted), duplicates from retried tasks are dropped (first committed copy wins), and every
-output is written incrementally, so memory does not grow with the number of images or
-annotations. Outputs are sorted by ``image_id``, so the same job gives the same bytes.
+Runs on the driver and streams: part files are first compacted (:mod:`segbatch.parts`),
+then merged by ``image_id`` (each part is sorted) with duplicates from retried tasks
+dropped, and every output is written incrementally, so memory does not grow with the
+number of annotations. Outputs are sorted by ``image_id``, so the same job gives the same bytes.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from segbatch.errors import JobError
 from segbatch.export import IMAGES_SCHEMA, MASKS_SCHEMA
 from segbatch.io import fs as fsio
 from segbatch.outdir import IMAGES, MASKS, METRICS, OutDir
+from segbatch.parts import compact_parts, merge_parts
 from segbatch.run_metrics import RunMetrics, coco_mask_ap
 
 log = logging.getLogger(__name__)
@@ -40,25 +40,10 @@ class FinalizeSpec:
     coco_labels: str | None = None  # COCO label URL, for COCOeval with instance models
 
 
-def _iter_part(out: OutDir, path: str) -> Iterator[dict[str, Any]]:
-    with out.fs.open(path, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=256):
-            yield from batch.to_pylist()
-
-
-def merged_rows(out: OutDir) -> Iterator[dict[str, Any]]:
-    """All committed rows, ascending ``image_id``, one per image."""
-    streams = [_iter_part(out, p) for p in out.part_files()]
-    last = None
-    for row in heapq.merge(*streams, key=lambda r: r["image_id"]):
-        if row["image_id"] == last:
-            continue  # a retried task committed this image twice; both copies are equal
-        last = row["image_id"]
-        yield row
-
-
 def finalize(out: OutDir, manifest_ids: set[int], spec: FinalizeSpec) -> dict[str, Any]:
     """Write the final tables, the COCO exports and metrics.json; returns the metrics."""
+    # Few, large parts: the merge below then opens a bounded number of files.
+    compact_parts(out)
     acc = RunMetrics(spec.eval_classes)
     seen: set[int] = set()
     next_ann = 1
@@ -67,7 +52,7 @@ def finalize(out: OutDir, manifest_ids: set[int], spec: FinalizeSpec) -> dict[st
     with fsio.atomic_open(out.fs, out.path(IMAGES)) as f_img, fsio.atomic_open(out.fs, out.path(MASKS)) as f_mask:
         w_img = pq.ParquetWriter(f_img, IMAGES_SCHEMA, compression="zstd")
         w_mask = pq.ParquetWriter(f_mask, MASKS_SCHEMA, compression="zstd")
-        for row in merged_rows(out):
+        for row in merge_parts(out, out.part_files()):
             if row["image_id"] not in manifest_ids:
                 continue
             seen.add(row["image_id"])
