@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from segbatch.config import IMAGE_EXTENSIONS
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
+from segbatch.io import listing
 from segbatch.io.listing import build_plan, open_labels
 
 
@@ -95,3 +97,29 @@ def test_folders_workers_cannot_see_are_refused_single_files_are_not(tmp_path):
     with pytest.raises(JobError, match=r"input 'https://example.invalid/imgs' is an http\(s\) URL"):
         build_plan("https://example.invalid/imgs", None, IMAGE_EXTENSIONS)
     assert fsio.read_bytes("memory://lst/imgs/a.png") == b"x"  # single files the driver reads are fine
+
+def _python_peak_while_planning(root: Path, n: int) -> tuple[int, int]:
+    """(Python allocation peak in bytes, manifest rows) of planning ``n`` images with mask PNGs."""
+    for i in range(n):
+        touch(root / "in" / f"d{i % 10}" / f"{i:06d}.jpg", b"")
+        touch(root / "masks" / f"d{i % 10}" / f"{i:06d}.png", b"")
+    labels = open_labels(str(root / "masks"))
+    tracemalloc.start()
+    try:
+        plan = build_plan(str(root / "in"), labels, IMAGE_EXTENSIONS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert plan.manifest.column("label_uri").null_count == 0
+    return peak, plan.manifest.num_rows
+
+
+def test_listing_holds_one_page_of_paths_in_python_not_all_of_them(tmp_path, monkeypatch):
+    # tracemalloc sees Python objects only: the manifest itself is Arrow memory. With pages
+    # of 500 paths, planning 8000 images must not hold much more Python than planning 1000.
+    monkeypatch.setattr(listing, "PAGE", 500)
+    _python_peak_while_planning(tmp_path / "warm-up", 10)  # first-call imports and caches are not the listing's
+    small, n_small = _python_peak_while_planning(tmp_path / "small", 1000)
+    large, n_large = _python_peak_while_planning(tmp_path / "large", 8000)
+    assert (n_small, n_large) == (1000, 8000)
+    assert large < 1.5 * small, (small, large)

@@ -143,3 +143,26 @@ def test_weights_and_labels_over_http_equal_local_files(sample_dir, local_refere
         server.shutdown()
     assert summary.num_images == 12 and summary.num_errors == 0
     assert _outputs(lambda name: open(out / name, "rb")) == want
+
+
+def test_s3_listing_pages_through_the_bucket(s3_options, sample_dir, tmp_path, monkeypatch):
+    """Listing streams ListObjectsV2 pages (5 keys each here) and pairs mask PNGs across pages."""
+    from segbatch.config import IMAGE_EXTENSIONS
+    from segbatch.io import listing
+
+    fs = _s3(s3_options)
+    fs.mkdir("pages")
+    fs.put(str(sample_dir / "images"), "pages/ds/images", recursive=True)
+    fs.put(str(sample_dir / "masks"), "pages/ds/masks", recursive=True)
+    pages = list(listing.iter_paths(fs, "pages/ds/images", page=5))
+    assert [len(p) for p in pages] == [5, 5, 2]
+    assert sorted(p for page in pages for p in page) == sorted(fs.find("pages/ds/images"))
+
+    monkeypatch.setattr(listing, "PAGE", 5)
+    labels = listing.open_labels("s3://pages/ds/masks", s3_options)
+    plan = listing.build_plan("s3://pages/ds/images", labels, IMAGE_EXTENSIONS, s3_options).manifest.to_pylist()
+    local = listing.build_plan(str(sample_dir / "images"), listing.open_labels(str(sample_dir / "masks")),
+                               IMAGE_EXTENSIONS).manifest.to_pylist()
+    assert [r["file_name"] for r in plan] == [r["file_name"] for r in local] and len(plan) == 12
+    assert [r["label_uri"].removeprefix("s3://pages/ds/masks/") for r in plan] == \
+        [Path(r["label_uri"]).name for r in local]
