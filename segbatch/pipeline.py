@@ -31,7 +31,7 @@ from segbatch.categories import EvalSpace, build_eval_space, parse_label_map
 from segbatch.config import JobConfig, redact_url
 from segbatch.encode import EncodeSpec, encode_batch
 from segbatch.errors import JobError
-from segbatch.export import write_part
+from segbatch.export import PART_SCHEMA, write_part
 from segbatch.finalize import FinalizeSpec, finalize
 from segbatch.io import fs as fsio
 from segbatch.io.listing import Plan, build_plan, open_labels
@@ -45,6 +45,9 @@ log = logging.getLogger("segbatch")
 
 READ_TASK_RETRIES = 3
 ACTOR_TASK_RETRIES = 2
+# Images of failed batches that are retried one per task before the run gives up; more
+# than this means something broader than a bad image (storage down, every worker dying).
+ISOLATE_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -229,31 +232,85 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
     encode_spec = EncodeSpec(task=loaded.task, categories=loaded.categories, background=loaded.background,
                              eval_space=prep.eval_space, label_kind=prep.label_kind,
                              missing_labels=config.missing_labels, storage_options=so)
+    predictor_kwargs = {"weights_holder": [weights_ref], "model_name": config.model,
+                        "options": _model_options(config), "precision": config.precision,
+                        "num_threads": config.torch_threads or max(1, int(config.cpus_per_actor))}
+    parts_url = prep.out.url_of(PARTS)
     # One block per model batch, so that reading, inference and encoding pipeline.
     blocks = [todo.slice(i, config.batch_size) for i in range(0, todo.num_rows, config.batch_size)]
-    ds = ray.data.from_arrow(blocks)
-    # Read tasks retry a bounded number of times when their worker dies (a decode error is
-    # an error row, not a retry). Giving them remote args the actors lack also keeps Ray
-    # Data from fusing decoding into the model actors: decoding runs in parallel CPU
-    # tasks, spread over the cluster, while the actors only run the model.
-    ds = ds.map_batches(read_batch, fn_kwargs={"preprocess": loaded.preprocess, "storage_options": so},
-                        batch_size=config.batch_size, batch_format="numpy", num_cpus=1,
-                        max_retries=READ_TASK_RETRIES, scheduling_strategy="SPREAD")
-    ds = ds.map_batches(
-        _RayPredictor,
-        fn_constructor_kwargs={"weights_holder": [weights_ref], "model_name": config.model,
-                               "options": _model_options(config), "precision": config.precision,
-                               "num_threads": config.torch_threads or max(1, int(config.cpus_per_actor))},
-        batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=config.actors),
-        num_gpus=gpus, num_cpus=config.cpus_per_actor,
-        # A dead actor is restarted (Ray Data's default) and its batch retried a bounded
-        # number of times (Ray Data's default is forever), so a poison batch fails the run
-        # loudly instead of looping; the rerun resumes from the committed parts.
-        max_task_retries=ACTOR_TASK_RETRIES,
-    )
-    ds = ds.map_batches(encode_batch, fn_kwargs={"spec": encode_spec}, batch_size=config.batch_size,
-                        batch_format="numpy", num_cpus=1)
-    ds.write_datasink(_PartsDatasink(prep.out.url_of(PARTS), so, config.rows_per_part))
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.max_errored_blocks
+    # A batch that still fails after its retries (a worker dying on a poison image) is set
+    # aside instead of failing the run; its images are retried one by one below.
+    ctx.max_errored_blocks = -1
+    try:
+        ds = ray.data.from_arrow(blocks)
+        # Read tasks retry a bounded number of times when their worker dies (a decode error
+        # is an error row, not a retry). Giving them remote args the actors lack also keeps
+        # Ray Data from fusing decoding into the model actors: decoding runs in parallel
+        # CPU tasks, spread over the cluster, while the actors only run the model.
+        ds = ds.map_batches(read_batch, fn_kwargs={"preprocess": loaded.preprocess, "storage_options": so},
+                            batch_size=config.batch_size, batch_format="numpy", num_cpus=1,
+                            max_retries=READ_TASK_RETRIES, scheduling_strategy="SPREAD")
+        ds = ds.map_batches(
+            _RayPredictor, fn_constructor_kwargs=predictor_kwargs,
+            batch_size=config.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            num_gpus=gpus, num_cpus=config.cpus_per_actor,
+            # A dead actor is restarted (Ray Data's default) and its batch retried a bounded
+            # number of times (Ray Data's default is forever), so a poison batch cannot loop.
+            max_task_retries=ACTOR_TASK_RETRIES,
+        )
+        ds = ds.map_batches(encode_batch, fn_kwargs={"spec": encode_spec}, batch_size=config.batch_size,
+                            batch_format="numpy", num_cpus=1)
+        ds.write_datasink(_PartsDatasink(parts_url, so, config.rows_per_part))
+    finally:
+        ctx.max_errored_blocks = saved
+    committed = prep.out.committed_ids()
+    left = todo.filter(pc.invert(pc.is_in(todo.column("image_id"), value_set=pa.array(sorted(committed), pa.int64()))))
+    if left.num_rows:
+        _label_alone(left, loaded.preprocess, so, predictor_kwargs, encode_spec, parts_url,
+                     num_cpus=config.cpus_per_actor, num_gpus=gpus)
+
+
+def _label_alone(rows: pa.Table, preprocess: Any, so: Mapping[str, Any], predictor_kwargs: dict[str, Any],
+                 encode_spec: EncodeSpec, parts_url: str, *, num_cpus: float, num_gpus: float) -> None:
+    """Label each image of the failed batches in a task of its own; commit an error row for
+    an image whose worker still dies (or fails) every time, so one poison image cannot fail
+    the run, and its batch-mates are labeled normally."""
+    if rows.num_rows > ISOLATE_MAX:
+        raise JobError(f"{rows.num_rows} images have no committed result after their batches failed "
+                       f"{ACTOR_TASK_RETRIES + 1} times (see the errors above); that is more than bad images "
+                       "explain: fix the cause and rerun the same command to resume")
+    log.warning("%d images are in batches that failed %d times; labeling them one per task to find the "
+                "image(s) at fault", rows.num_rows, ACTOR_TASK_RETRIES + 1)
+    task = _label_one.options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=ACTOR_TASK_RETRIES,
+                              retry_exceptions=False)
+    refs = [task.remote(rows.slice(i, 1), preprocess, so, predictor_kwargs, encode_spec, parts_url)
+            for i in range(rows.num_rows)]
+    errors = []
+    for ref, row in zip(refs, rows.to_pylist(), strict=True):
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError as err:
+            reason = type(getattr(err, "cause", None) or err).__name__
+            log.error("image %s (image_id %d) failed alone %d times (%s): committed as an error row",
+                      row["uri"], row["image_id"], ACTOR_TASK_RETRIES + 1, reason)
+            errors.append({"image_id": row["image_id"], "file_name": row["file_name"], "uri": row["uri"],
+                           "status": "error", "labeled": False, "num_masks": 0,
+                           "error": f"predict: the worker died or failed on this image alone "
+                                    f"{ACTOR_TASK_RETRIES + 1} times ({reason})"})
+    if errors:
+        write_part(pa.Table.from_pylist(errors, schema=PART_SCHEMA), parts_url, so)
+
+
+@ray.remote
+def _label_one(rows: pa.Table, preprocess: Any, so: Mapping[str, Any], predictor_kwargs: dict[str, Any],
+               encode_spec: EncodeSpec, parts_url: str) -> str:
+    """read → predict → encode → commit for ``rows`` (one image), in a worker of its own."""
+    batch = {c: np.array(rows.column(c).to_pylist(), dtype=object) for c in rows.column_names}
+    predicted = _RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so))
+    return write_part(encode_batch(predicted, encode_spec), parts_url, so)
 
 
 def _connect(address: str | None) -> None:
