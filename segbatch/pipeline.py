@@ -257,6 +257,9 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
             batch_size=config.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_gpus=gpus, num_cpus=config.cpus_per_actor,
+            # One actor per node before two on one: the pool uses every node's cores (and
+            # memory bandwidth), and losing a node loses as few actors as possible.
+            scheduling_strategy="SPREAD",
             # A dead actor is restarted (Ray Data's default) and its batch retried a bounded
             # number of times (Ray Data's default is forever), so a poison batch cannot loop.
             max_task_retries=ACTOR_TASK_RETRIES,
@@ -282,8 +285,8 @@ def _label_alone(rows: pa.Table, preprocess: Any, so: Mapping[str, Any], predict
         raise JobError(f"{rows.num_rows} images have no committed result after their batches failed "
                        f"{ACTOR_TASK_RETRIES + 1} times (see the errors above); that is more than bad images "
                        "explain: fix the cause and rerun the same command to resume")
-    log.warning("%d images are in batches that failed %d times; labeling them one per task to find the "
-                "image(s) at fault", rows.num_rows, ACTOR_TASK_RETRIES + 1)
+    log.warning("%d images are in batches that failed %d times (a lost node, or an image that kills its worker); "
+                "labeling them one per task", rows.num_rows, ACTOR_TASK_RETRIES + 1)
     task = _label_one.options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=ACTOR_TASK_RETRIES,
                               retry_exceptions=False)
     refs = [task.remote(rows.slice(i, 1), preprocess, so, predictor_kwargs, encode_spec, parts_url)

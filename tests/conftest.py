@@ -84,6 +84,38 @@ def ray_head(log_path: Path, *, num_cpus: int, num_gpus: int) -> Iterator[RayClu
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@contextmanager
+def ray_worker_node(head: RayCluster, log_path: Path, *, num_cpus: int) -> Iterator[subprocess.Popen]:
+    """A second Ray node on this machine (`ray start --address … --block`), in its own process group.
+
+    Killing that group (``os.killpg(proc.pid, SIGKILL)``) stops the node the way a
+    preempted machine stops: raylet, object store and workers at once.
+    """
+    side_ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                                  "--runtime-env-agent-port", "--metrics-export-port")}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [RAY, "start", f"--address={head.address}", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
+             "--object-store-memory=400000000", "--disable-usage-stats",
+             *(f"{flag}={port}" for flag, port in side_ports.items())],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
+        try:
+            deadline = time.time() + 120
+            while b"Ray runtime started" not in log_path.read_bytes():
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray worker node did not start; see {log_path}")
+                time.sleep(0.5)
+            yield proc
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=15)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     """The shared local cluster (2 CPUs, no GPU), joined by this process; started once per session (10–20 s)."""
