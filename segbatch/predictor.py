@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from segbatch.models.registry import LoadedModel, ModelOptions, get_model_spec
 from segbatch.models.weights import ResolvedWeights, load_model
+from segbatch.upsample import upsampled_argmax
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,10 @@ class Predictor:
         logits = self.module(x)["out"]
         maps = []
         for j, i in enumerate(idx):
-            # Back to the original size as detectron2's sem_seg_postprocess does:
-            # bilinear on the logits, then argmax.
+            # Back to the original size as detectron2's sem_seg_postprocess does (bilinear
+            # on the logits, then argmax), interpolating only where the classes meet.
             size = (int(batch["height"][i]), int(batch["width"][i]))
-            up = F.interpolate(logits[j : j + 1].float(), size=size, mode="bilinear", align_corners=False)
-            maps.append(up.argmax(dim=1)[0].to(torch.uint8).cpu().numpy())
+            maps.append(upsampled_argmax(logits[j], size).cpu().numpy())
         return maps
 
     def _instance(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
