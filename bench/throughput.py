@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,22 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
     ray.init(num_cpus=args.ray_cpus or os.cpu_count(), include_dashboard=False, logging_level="ERROR",
              object_store_memory=1_000_000_000)
     t_up = time.time()
+    commits: dict[str, tuple[float, int]] = {}  # part file → (first seen, rows)
+    stop = threading.Event()
+
+    def watch() -> None:
+        # Finalize compacts the parts into a few files, so commit times are observed live.
+        while not stop.is_set():
+            for p in list((out / "parts").glob("*.parquet")) if (out / "parts").exists() else []:
+                if p.name not in commits:
+                    try:
+                        commits[p.name] = (time.time(), pq.read_metadata(p).num_rows)
+                    except OSError:
+                        pass  # removed by compaction in between
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
         summary = run(JobConfig(input=str(images), output=str(out), model=name, weights=str(ckpt),
                                 batch_size=args.batch_size, rows_per_part=args.batch_size,
@@ -165,9 +182,17 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
                                 min_size=args.min_size if name in INSTANCE else None, report=False))
     finally:
         t_end = time.time()
+        stop.set()
+        watcher.join()
         ray.shutdown()
     assert summary.num_errors == 0, summary.lines()
-    parts = sorted((p.stat().st_mtime, pq.read_metadata(p).num_rows) for p in (out / "parts").glob("*.parquet"))
+    # The run's own commits, in order, up to every image once (later files are compacted copies).
+    parts, total = [], 0
+    for seen, rows in sorted(commits.values()):
+        if total >= summary.num_images:
+            break
+        parts.append((seen, rows))
+        total += rows
     first, last = parts[0][0], parts[-1][0]
     steady = (sum(r for _, r in parts) - parts[0][1]) / (last - first) if last > first else float("nan")
     return summary.num_images / (t_end - t0), steady, first - t_up, t_up - t0
