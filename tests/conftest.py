@@ -43,6 +43,22 @@ class RayCluster:
     temp_dir: str  # the head's --temp-dir (sessions, logs, unpacked working dirs)
 
 
+def _ray_start(args: list[str], log_path: Path, what: str) -> subprocess.Popen:
+    """`ray start … --block` in its own process group, once its log says the runtime started."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    deadline = time.time() + 120
+    while b"Ray runtime started" not in log_path.read_bytes():
+        if proc.poll() is not None or time.time() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"{what} did not start; see {log_path}")
+        time.sleep(0.5)
+    return proc
+
+
 @contextmanager
 def ray_head(log_path: Path, *, num_cpus: int, num_gpus: int) -> Iterator[RayCluster]:
     """A real Ray head (`ray start --head --block`) in its own process group, stopped on exit.
@@ -57,31 +73,21 @@ def ray_head(log_path: Path, *, num_cpus: int, num_gpus: int) -> Iterator[RayClu
     side_ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                                   "--runtime-env-agent-port", "--metrics-export-port",
                                                   "--ray-client-server-port")}
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs_port}",
-             f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-             f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--object-store-memory=600000000",
-             "--disable-usage-stats", *(f"{flag}={port}" for flag, port in side_ports.items())],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
+    proc = _ray_start(["--head", f"--temp-dir={temp_dir}", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
+                       "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={num_cpus}",
+                       f"--num-gpus={num_gpus}", "--object-store-memory=600000000",
+                       *(f"{flag}={port}" for flag, port in side_ports.items())], log_path, "ray head")
+    try:
+        yield RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard=f"http://127.0.0.1:{dash_port}",
+                         temp_dir=temp_dir)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            deadline = time.time() + 120
-            while b"Ray runtime started" not in log_path.read_bytes():
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray head did not start; see {log_path}")
-                time.sleep(0.5)
-            yield RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard=f"http://127.0.0.1:{dash_port}",
-                             temp_dir=temp_dir)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @contextmanager
@@ -93,27 +99,17 @@ def ray_worker_node(head: RayCluster, log_path: Path, *, num_cpus: int) -> Itera
     """
     side_ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                                   "--runtime-env-agent-port", "--metrics-export-port")}
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [RAY, "start", f"--address={head.address}", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
-             "--object-store-memory=400000000", "--disable-usage-stats",
-             *(f"{flag}={port}" for flag, port in side_ports.items())],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
+    proc = _ray_start([f"--address={head.address}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+                       "--object-store-memory=400000000", *(f"{flag}={port}" for flag, port in side_ports.items())],
+                      log_path, "ray worker node")
+    try:
+        yield proc
+    finally:
         try:
-            deadline = time.time() + 120
-            while b"Ray runtime started" not in log_path.read_bytes():
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray worker node did not start; see {log_path}")
-                time.sleep(0.5)
-            yield proc
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=15)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="session")
