@@ -1,6 +1,7 @@
 """The job: plan on the driver, read → predict → encode → write on Ray Data, finalize.
 
-This is the only module that knows Ray. Each stage gets explicit arguments:
+This is the only module that wires Ray (the datasink lives in :mod:`segbatch.sink`, kept
+torch-free). Each stage gets explicit arguments:
 
     manifest ─▶ read_batch (CPU tasks) ─▶ Predictor (actor pool, GPU-pinned or CPU)
              ─▶ encode_batch (CPU tasks) ─▶ PartsDatasink (atomic part files) ─▶ finalize
@@ -14,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -23,8 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.block import BlockAccessor
-from ray.data.datasource import Datasink
 
 from segbatch import __version__
 from segbatch.categories import EvalSpace, build_eval_space, parse_label_map
@@ -40,6 +39,7 @@ from segbatch.models.weights import ResolvedWeights, load_model, resolve_weights
 from segbatch.outdir import JOB, MANIFEST, METRICS, PARTS, SUCCESS, OutDir, check_output, job_identity
 from segbatch.predictor import Predictor, pick_device
 from segbatch.read import read_batch
+from segbatch.sink import PartsDatasink
 
 log = logging.getLogger("segbatch")
 
@@ -266,7 +266,7 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
         )
         ds = ds.map_batches(encode_batch, fn_kwargs={"spec": encode_spec}, batch_size=config.batch_size,
                             batch_format="numpy", num_cpus=1)
-        ds.write_datasink(_PartsDatasink(parts_url, so, config.rows_per_part))
+        ds.write_datasink(PartsDatasink(parts_url, so, config.rows_per_part))
     finally:
         ctx.max_errored_blocks = saved
     committed = prep.out.committed_ids()
@@ -336,26 +336,6 @@ class _RayPredictor(Predictor):
         super().__init__(weights=lambda: ray.get(weights_holder[0]), device=device, worker=worker, **kwargs)
         # Ray forwards actor output to the driver: one line per model actor says where it runs.
         print(f"segbatch: model actor ready: {worker}", flush=True)
-
-
-class _PartsDatasink(Datasink[list[str]]):
-    """Writes each write task's rows as one atomically committed, image_id-sorted part file."""
-
-    def __init__(self, parts_url: str, storage_options: Mapping[str, Any], rows_per_part: int) -> None:
-        self.parts_url = parts_url
-        self.storage_options = dict(storage_options)
-        self.rows_per_part = rows_per_part
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_part
-
-    def write(self, blocks: Iterable[Any], ctx: Any) -> list[str]:
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        tables = [t for t in tables if t.num_rows]
-        if not tables:
-            return []
-        return [write_part(pa.concat_tables(tables), self.parts_url, self.storage_options)]
 
 
 def _versions() -> dict[str, str]:
