@@ -1,4 +1,4 @@
-"""The encode + write stages start without torch: their workers import only what they use."""
+"""Stage workers import only what they use: encode + write without torch, read without torchvision."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ def test_encode_and_write_stages_unpickle_without_importing_torch(tmp_path):
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(payload)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_read_stage_unpickles_without_importing_torchvision(tmp_path):
+    from segbatch.models.registry import Preprocess
+    from segbatch.read import read_batch
+
+    payload = tmp_path / "read.pkl"
+    payload.write_bytes(cloudpickle.dumps((read_batch, Preprocess(resize=520))))
+    code = ("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(payload)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['torch']", out.stdout  # torch resizes; torchvision is the model's business

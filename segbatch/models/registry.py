@@ -14,9 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as F
 
 from segbatch.errors import JobError
 
@@ -38,16 +37,35 @@ class Preprocess:
     mean: tuple[float, ...] | None = (0.485, 0.456, 0.406)
     std: tuple[float, ...] | None = (0.229, 0.224, 0.225)
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` the model gets for an image of ``height × width`` (torchvision's rule)."""
+        if self.resize is None:
+            return height, width
+        if isinstance(self.resize, tuple):
+            return self.resize
+        short, long = sorted((height, width))
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+
     def resize_chw(self, rgb: np.ndarray) -> np.ndarray:
-        """``(H, W, 3) uint8`` → ``(3, h, w) uint8`` at the model's input size."""
+        """``(H, W, 3) uint8`` → ``(3, h, w) uint8`` at the model's input size.
+
+        The very operations of torchvision's ``F.resize`` on a uint8 tensor (bilinear,
+        antialias: float32 interpolation, rounded back to uint8), written with torch alone so
+        that the read workers never import torchvision (~1 s each at start).
+        """
         chw = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-        if self.resize is not None:
-            size = [self.resize] if isinstance(self.resize, int) else list(self.resize)
-            chw = F.resize(chw, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        size = self.output_size(int(chw.shape[1]), int(chw.shape[2]))
+        if size != (chw.shape[1], chw.shape[2]):
+            x = nnf.interpolate(chw.unsqueeze(0).to(torch.float32), size=list(size), mode="bilinear",
+                                align_corners=False, antialias=True)
+            chw = torch.round(x.squeeze(0)).to(torch.uint8)
         return chw.contiguous().numpy()
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, 3, h, w) uint8`` → float32 in [0, 1], then mean/std normalized if set."""
+        from torchvision.transforms import functional as F  # the model's process has torchvision anyway
+
         x = F.convert_image_dtype(batch, torch.float)
         if self.mean is not None and self.std is not None:
             x = F.normalize(x, mean=list(self.mean), std=list(self.std))
