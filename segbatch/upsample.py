@@ -19,6 +19,7 @@ import torch.nn.functional as F
 # the interpolation (~1e-6 for logits of order 10), so rounding can never flip a shortcut
 # pixel; ties and near-ties are interpolated in full, as the reference does.
 MARGIN = 1e-3
+_CHUNK = 1 << 18  # undecided pixels interpolated at a time: ~6 temporaries of (_CHUNK, C) float32
 
 
 def _source_index(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,9 +66,11 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], margin: float 
     if ys.numel():  # ...and the full interpolation where it is not decided
         # Pixel-major (h·w, C) logits: each gather then reads C contiguous floats.
         rows = logits.reshape(c, h * w).t().contiguous()
-        a0, a1, b0, b1 = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
-        ly, lx = wy[ys, None], wx[xs, None]
-        top_row = rows[a0 + b0] * (1 - lx) + rows[a0 + b1] * lx
-        bottom_row = rows[a1 + b0] * (1 - lx) + rows[a1 + b1] * lx
-        out[ys, xs] = (top_row * (1 - ly) + bottom_row * ly).argmax(dim=1).to(torch.uint8)
+        for start in range(0, ys.numel(), _CHUNK):  # bounded temporaries on huge images
+            cy, cx = ys[start: start + _CHUNK], xs[start: start + _CHUNK]
+            a0, a1, b0, b1 = y0[cy] * w, y1[cy] * w, x0[cx], x1[cx]
+            ly, lx = wy[cy, None], wx[cx, None]
+            top_row = rows[a0 + b0] * (1 - lx) + rows[a0 + b1] * lx
+            bottom_row = rows[a1 + b0] * (1 - lx) + rows[a1 + b1] * lx
+            out[cy, cx] = (top_row * (1 - ly) + bottom_row * ly).argmax(dim=1).to(torch.uint8)
     return out

@@ -52,3 +52,13 @@ def test_ties_are_kept_and_near_ties_differ_only_within_float_rounding():
     assert (gap[differ] < 1e-5).all()
     assert differ.float().mean() < 0.05
     assert torch.equal(upsampled_argmax(logits, size, margin=0).long(), ref)
+
+
+def test_undecided_pixels_in_several_chunks_give_the_same_map(monkeypatch):
+    from segbatch import upsample
+
+    logits = blobs(21, 65, 87, 3)
+    whole = upsampled_argmax(logits, (480, 640))
+    monkeypatch.setattr(upsample, "_CHUNK", 1000)  # hundreds of chunks instead of one
+    assert torch.equal(upsampled_argmax(logits, (480, 640)), whole)
+    assert torch.equal(whole.long(), reference(logits, (480, 640)))
