@@ -3,7 +3,7 @@
 This is the only module that wires Ray (the datasink lives in :mod:`segbatch.sink`, kept
 torch-free). Each stage gets explicit arguments:
 
-    manifest ─▶ read_batch (CPU tasks) ─▶ Predictor (actor pool, GPU-pinned or CPU)
+    manifest ─▶ read_slices (CPU tasks) ─▶ Predictor (actor pool, GPU-pinned or CPU)
              ─▶ encode_batch (CPU tasks) ─▶ PartsDatasink (atomic part files) ─▶ finalize
 """
 
@@ -38,6 +38,7 @@ from segbatch.models.registry import LoadedModel, ModelOptions, get_model_spec
 from segbatch.models.weights import ResolvedWeights, load_model, resolve_weights
 from segbatch.outdir import JOB, MANIFEST, METRICS, PARTS, SUCCESS, OutDir, check_output, job_identity
 from segbatch.predictor import Predictor, pick_device
+from segbatch.feed import read_slices
 from segbatch.read import read_batch
 from segbatch.sink import PartsDatasink
 
@@ -48,6 +49,9 @@ ACTOR_TASK_RETRIES = 2
 # Images of failed batches that are retried one per task before the run gives up; more
 # than this means something broader than a bad image (storage down, every worker dying).
 ISOLATE_MAX = 256
+# Ray Data sets up each input block on the driver (~1.3 ms here): past this many model
+# batches, a block carries several of them (each read task then reads them in turn).
+FEED_BLOCKS = 1000
 
 
 @dataclass(frozen=True)
@@ -236,21 +240,24 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
                         "options": _model_options(config), "precision": config.precision,
                         "num_threads": config.torch_threads or max(1, int(config.cpus_per_actor))}
     parts_url = prep.out.url_of(PARTS)
-    # One block per model batch, so that reading, inference and encoding pipeline.
-    blocks = [todo.slice(i, config.batch_size) for i in range(0, todo.num_rows, config.batch_size)]
+    # One block per model batch, so that reading, inference and encoding pipeline; made
+    # lazily from batch indices (segbatch.feed), so a million images start as fast as ten.
+    num_batches = -(-todo.num_rows // config.batch_size)
+    todo_ref = ray.put(todo)
     ctx = ray.data.DataContext.get_current()
     saved = ctx.max_errored_blocks
     # A batch that still fails after its retries (a worker dying on a poison image) is set
     # aside instead of failing the run; its images are retried one by one below.
     ctx.max_errored_blocks = -1
     try:
-        ds = ray.data.from_arrow(blocks)
+        ds = ray.data.range(num_batches, override_num_blocks=min(num_batches, FEED_BLOCKS))
         # Read tasks retry a bounded number of times when their worker dies (a decode error
         # is an error row, not a retry). Giving them remote args the actors lack also keeps
         # Ray Data from fusing decoding into the model actors: decoding runs in parallel
         # CPU tasks, spread over the cluster, while the actors only run the model.
-        ds = ds.map_batches(read_batch, fn_kwargs={"preprocess": loaded.preprocess, "storage_options": so},
-                            batch_size=config.batch_size, batch_format="numpy", num_cpus=1,
+        ds = ds.map_batches(read_slices, fn_kwargs={"todo_holder": [todo_ref], "batch_size": config.batch_size,
+                                                    "preprocess": loaded.preprocess, "storage_options": so},
+                            batch_size=1, batch_format="numpy", num_cpus=1,
                             max_retries=READ_TASK_RETRIES, scheduling_strategy="SPREAD")
         ds = ds.map_batches(
             _RayPredictor, fn_constructor_kwargs=predictor_kwargs,

@@ -50,3 +50,18 @@ def test_a_rerun_computes_only_what_was_not_committed(sample_dir, tmp_path, ray_
     images, coco, _ = stable(out)
     assert len(images) == 12 == len({r["image_id"] for r in images})
     assert stable(out) == reference
+
+
+def test_several_model_batches_per_feed_block_give_the_same_outputs(sample_dir, tmp_path, ray_cluster, monkeypatch):
+    """Past FEED_BLOCKS model batches, one input block carries several: same results."""
+    from segbatch import pipeline
+
+    def config(out: Path) -> JobConfig:
+        return JobConfig(input=str(sample_dir / "images"), labels=str(sample_dir / "masks"), output=str(out),
+                         model="unet", batch_size=2, rows_per_part=2)
+
+    run(config(tmp_path / "one-per-block"))
+    monkeypatch.setattr(pipeline, "FEED_BLOCKS", 2)  # 6 model batches in 2 blocks
+    summary = run(config(tmp_path / "three-per-block"))
+    assert summary.num_processed == 12 and summary.num_errors == 0
+    assert stable(tmp_path / "three-per-block") == stable(tmp_path / "one-per-block")

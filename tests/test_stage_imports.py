@@ -23,11 +23,11 @@ def test_encode_and_write_stages_unpickle_without_importing_torch(tmp_path):
 
 
 def test_read_stage_unpickles_without_importing_torchvision(tmp_path):
+    from segbatch.feed import read_slices
     from segbatch.models.registry import Preprocess
-    from segbatch.read import read_batch
 
     payload = tmp_path / "read.pkl"
-    payload.write_bytes(cloudpickle.dumps((read_batch, Preprocess(resize=520))))
+    payload.write_bytes(cloudpickle.dumps((read_slices, Preprocess(resize=520))))
     code = ("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(payload)], capture_output=True, text=True, check=True)
