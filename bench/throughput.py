@@ -9,8 +9,11 @@ three measurements, per model:
 3. segbatch: a fresh local Ray cluster (its start-up is timed) and ``segbatch.run``, outputs
             written. Steady state is measured between the first and last committed part file.
 
-Weights are seeded random models with BatchNorm statistics calibrated on the images (no
-download here), so outputs have realistic, many-class masks. Run::
+Weights cannot be downloaded here: each model is seeded, its BatchNorm statistics are
+calibrated on the images, and a semantic model's head is then fitted for a few seconds on
+the generated labels (backbone frozen), so its class maps have regions and boundaries as a
+trained model's do (a random model's maps are noise: every pixel on a class boundary, which
+no real workload looks like). Run::
 
     .venv/bin/python bench/throughput.py [--n 256] [--models lraspp_mobilenet_v3_large,...]
 
@@ -44,7 +47,8 @@ INSTANCE = {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"}
 
 @dataclass
 class Figures:
-    ceiling: float
+    ceiling: float  # torchvision's default layout
+    ceiling_cl: float  # channels-last (NaN for Mask R-CNN)
     plain: float
     segbatch: float  # end to end, Ray start-up included
     steady: float  # first to last committed part
@@ -52,67 +56,125 @@ class Figures:
     ray_start_s: float
 
 
-def write_images(root: Path, n: int, width: int, height: int) -> list[Path]:
-    """``n`` JPEGs of generated shapes (the demo's generator) at ``width``×``height``."""
+FIT_IMAGES = 16
+
+
+def write_images(root: Path, n: int, width: int, height: int) -> tuple[list[Path], list[np.ndarray]]:
+    """``n`` JPEGs of generated shapes (the demo's generator) at ``width``×``height``, and
+    the labels ``(H, W) uint8`` (255 on boundaries) of the first :data:`FIT_IMAGES`."""
     from segbatch.sample import render_sample
 
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, labels = [], []
     for i in range(n):
-        rgb, _ = render_sample(rng, height, width, max_shapes=6)
+        rgb, label = render_sample(rng, height, width, max_shapes=6)
         p = root / "images" / f"img_{i:05d}.jpg"
         Image.fromarray(rgb).save(p, quality=90)
         paths.append(p)
-    return paths
+        if i < FIT_IMAGES:
+            labels.append(label)
+    return paths, labels
 
 
-def seeded_model(name: str, paths: list[Path], min_size: int) -> torch.nn.Module:
-    """A seeded random torchvision model; BN statistics calibrated on a few of the images."""
+def bench_model(name: str, paths: list[Path], labels: list[np.ndarray], min_size: int, steps: int = 40) -> torch.nn.Module:
+    """A seeded torchvision model; BN statistics calibrated on a few of the images; a
+    semantic model's head then fitted on ``labels`` (``steps`` Adam steps, backbone frozen)."""
     torch.manual_seed(0)
     kwargs = {"min_size": min_size} if name in INSTANCE else {}
     model = get_model_builder(name)(weights=None, weights_backbone=None, **kwargs)
-    if name not in INSTANCE:
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None
-                m.reset_running_stats()
-        transform = get_model_weights(name).DEFAULT.transforms()
-        model.train()
-        with torch.no_grad():
-            model(torch.stack([transform(pil_to_tensor(Image.open(p).convert("RGB"))) for p in paths[:8]]))
+    if name in INSTANCE:
+        return model.eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    transform = get_model_weights(name).DEFAULT.transforms()
+    x = torch.stack([transform(pil_to_tensor(Image.open(p).convert("RGB"))) for p in paths[:len(labels)]])
+    model.train()
+    with torch.no_grad():
+        model(x[:8])
+    model.eval()  # BN statistics stay as calibrated while the head is fitted
+    # LRASPP's head is light: fit all of it. FCN/DeepLabV3 heads end with a 1×1 convolution
+    # after heavy layers (ASPP): fit that one on the cached output of the rest.
+    head = model.classifier if name.startswith("lraspp") else model.classifier[-1]
+    with torch.no_grad():
+        features = [model.backbone(x[i: i + 4]) for i in range(0, len(x), 4)]
+        if head is not model.classifier:
+            rest = torch.nn.Sequential(*list(model.classifier)[:-1])
+            features = [rest(f["out"]) for f in features]
+    # The loss at a quarter of the label size: enough for region-shaped maps, 16× cheaper.
+    y = torch.from_numpy(np.stack(labels)).long()[:, ::4, ::4]
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        k = step % len(features)
+        out = head(features[k])
+        out = F.interpolate(out, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(out, y[4 * k: 4 * k + 4], ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"  {name}: head fitted on {len(labels)} labels in {time.perf_counter() - t0:.1f} s, loss {loss.item():.3f}",
+          flush=True)
     return model.eval()
 
 
-def ceiling(name: str, ckpt: Path, paths: list[Path], batch_size: int, min_size: int) -> float:
-    """img/s of the forward pass alone, through segbatch's own model loading and preprocessing."""
-    from segbatch.io.images import decode_image
-    from segbatch.models.registry import ModelOptions, get_model_spec
-    from segbatch.models.weights import load_model, resolve_weights
+class Ceiling:
+    """img/s of the forward pass alone, through segbatch's own model loading and preprocessing.
 
-    spec = get_model_spec(name)
-    loaded = load_model(spec, resolve_weights(spec, str(ckpt)), ModelOptions(min_size=min_size if name in INSTANCE else None))
-    pre = loaded.preprocess
-    tensors = [pre.normalize(torch.from_numpy(pre.resize_chw(decode_image(p.read_bytes())))[None])[0] for p in paths]
-    best = 0.0
-    # The ceiling is the model at its best batch size: on a CPU, one image per forward pass
-    # is often fastest (the activations of a batch fall out of cache).
-    for bs in sorted({1, batch_size}):
+    Two layouts: torchvision's default (NCHW, the issue's ceiling) and channels-last (what
+    segbatch runs by default; faster on oneDNN). Measured more than once (:meth:`measure`),
+    the best pass counting: the ceiling is what this machine can do at its best, and on a
+    shared machine a single pass swings by ±20 %.
+    """
+
+    def __init__(self, name: str, ckpt: Path, paths: list[Path], min_size: int) -> None:
+        import copy
+
+        from segbatch.io.images import decode_image
+        from segbatch.models.registry import ModelOptions, get_model_spec
+        from segbatch.models.weights import load_model, resolve_weights
+
+        spec = get_model_spec(name)
+        self.name = name
+        loaded = load_model(spec, resolve_weights(spec, str(ckpt)),
+                            ModelOptions(min_size=min_size if name in INSTANCE else None))
+        pre = loaded.preprocess
+        self.tensors = [pre.normalize(torch.from_numpy(pre.resize_chw(decode_image(p.read_bytes())))[None])[0]
+                        for p in paths]
+        self.modules = {"nchw": loaded.module}
+        if name not in INSTANCE:
+            self.modules["channels_last"] = copy.deepcopy(loaded.module).to(memory_format=torch.channels_last)
+        self.best = {layout: 0.0 for layout in self.modules}
+        self.best_batch = {layout: 1 for layout in self.modules}
+
+    def measure(self, batch_sizes: list[int] | None = None) -> dict[str, float]:
+        """One pass over all images per layout and batch size (default: each layout's best
+        so far); returns the best rate of each layout so far."""
+        for layout, module in self.modules.items():
+            for bs in batch_sizes or [self.best_batch[layout]]:
+                rate = self._pass(module, bs, channels_last=layout == "channels_last")
+                print(f"  ceiling {layout} at batch {bs}: {rate:.2f} img/s", flush=True)
+                if rate > self.best[layout]:
+                    self.best[layout], self.best_batch[layout] = rate, bs
+        return dict(self.best)
+
+    def _pass(self, module: torch.nn.Module, bs: int, channels_last: bool) -> float:
+        tensors = self.tensors
         with torch.inference_mode():
-            if name in INSTANCE:
-                loaded.module(tensors[:bs])  # warm-up
+            if self.name in INSTANCE:
+                module(tensors[:bs])  # warm-up
                 t0 = time.perf_counter()
                 for i in range(0, len(tensors), bs):
-                    loaded.module(tensors[i: i + bs])
+                    module(tensors[i: i + bs])
             else:
-                loaded.module(torch.stack(tensors[:bs]))
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                module(torch.stack(tensors[:bs]).contiguous(memory_format=fmt))
                 t0 = time.perf_counter()
                 for i in range(0, len(tensors), bs):
-                    loaded.module(torch.stack(tensors[i: i + bs]))["out"]
-        rate = len(tensors) / (time.perf_counter() - t0)
-        print(f"  ceiling at batch {bs}: {rate:.2f} img/s", flush=True)
-        best = max(best, rate)
-    return best
+                    module(torch.stack(tensors[i: i + bs]).contiguous(memory_format=fmt))["out"]
+        return len(tensors) / (time.perf_counter() - t0)
 
 
 def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path) -> float:
@@ -178,7 +240,7 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
         summary = run(JobConfig(input=str(images), output=str(out), model=name, weights=str(ckpt),
                                 batch_size=args.batch_size, rows_per_part=args.batch_size,
                                 cpus_per_actor=args.cpus_per_actor, actors=args.actors,
-                                torch_threads=args.torch_threads,
+                                torch_threads=args.torch_threads, channels_last=not args.nchw,
                                 min_size=args.min_size if name in INSTANCE else None, report=False))
     finally:
         t_end = time.time()
@@ -210,33 +272,44 @@ def main() -> None:
     p.add_argument("--torch-threads", type=int, default=None, help="per actor (default: --cpus-per-actor)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs the local Ray cluster declares (default: all)")
     p.add_argument("--min-size", type=int, default=320, help="Mask R-CNN's shorter side (default 320)")
+    p.add_argument("--nchw", action="store_true", help="run segbatch with --no-channels-last")
     p.add_argument("--workdir", default=None)
     args = p.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sb-bench-"))
-    paths = write_images(work / "data", args.n, args.width, args.height)
+    paths, labels = write_images(work / "data", args.n, args.width, args.height)
     print(f"{args.n} JPEGs {args.width}x{args.height}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
-          f"{args.actors} actor(s) x {args.cpus_per_actor:g} CPU, torch threads {args.torch_threads}", flush=True)
+          f"{args.actors} actor(s) x {args.cpus_per_actor:g} CPU, torch threads {args.torch_threads}, "
+          f"layout {'nchw' if args.nchw else 'channels_last'}", flush=True)
     results: dict[str, Figures] = {}
     for name in args.models.split(","):
-        model = seeded_model(name, paths, args.min_size)
+        model = bench_model(name, paths, labels, args.min_size)
         ckpt = work / f"{name}.pth"
         torch.save(model.state_dict(), ckpt)
-        c = ceiling(name, ckpt, paths, args.batch_size, args.min_size)
-        print(f"{name}: ceiling {c:.2f} img/s", flush=True)
+        ceil = Ceiling(name, ckpt, paths, args.min_size)
+        # The ceiling is the model at its best batch size: on a CPU, one image per forward pass
+        # is often fastest (the activations of a batch fall out of cache).
+        ceil.measure(sorted({1, args.batch_size}))
         pl = plain_loop(name, model, paths, work / f"{name}.plain.json")
         print(f"{name}: plain loop {pl:.2f} img/s", flush=True)
         out = work / f"{name}.segbatch"
         shutil.rmtree(out, ignore_errors=True)
         e2e, steady, first, ray_s = segbatch_run(name, ckpt, work / "data" / "images", out, args)
+        # The baselines again, after: on a shared machine a pass swings by ±20 %, and the best
+        # pass of each baseline is what segbatch is held to.
+        c = ceil.measure()
+        print(f"{name}: ceiling {c} img/s (best pass)", flush=True)
+        pl = max(pl, plain_loop(name, model, paths, work / f"{name}.plain.json"))
+        print(f"{name}: plain loop {pl:.2f} img/s (best pass)", flush=True)
         print(f"{name}: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), steady {steady:.2f} img/s, "
               f"first committed output {first:.1f} s after Ray was up", flush=True)
-        results[name] = Figures(c, pl, e2e, steady, first, ray_s)
+        results[name] = Figures(c["nchw"], c.get("channels_last", float("nan")), pl, e2e, steady, first, ray_s)
     print()
     for name, f in results.items():
         print(f"{name} ceiling={f.ceiling:.2f} plain={f.plain:.2f} segbatch={f.segbatch:.2f} img/s "
               f"steady={f.steady:.2f} first_output_s={f.first_output_s:.1f} "
-              f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f}")
+              f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f} "
+              f"ceiling_cl={f.ceiling_cl:.2f} ratio_ceiling_cl={f.steady / f.ceiling_cl:.2f}")
 
 
 if __name__ == "__main__":

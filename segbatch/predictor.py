@@ -51,6 +51,7 @@ class Predictor:
         weights: ResolvedWeights | Callable[[], ResolvedWeights],
         options: ModelOptions,
         precision: str = "fp32",
+        channels_last: bool = True,
         device: torch.device | str | None = None,
         num_threads: int | None = None,
         worker: str | None = None,
@@ -62,8 +63,11 @@ class Predictor:
         self.device = torch.device(device) if device is not None else pick_device()
         self.options = options
         self.autocast_dtype = _DTYPES.get(precision) if self.device.type == "cuda" else None
+        # Channels-last for the semantic models (oneDNN and cuDNN's fast layout); Mask R-CNN
+        # batches images of different sizes as a list, so it keeps the default layout.
+        self.channels_last = channels_last and self.loaded.task == "semantic"
         module = self.loaded.module.to(self.device)
-        if self.device.type == "cuda":
+        if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         self.preprocess = self.loaded.preprocess
@@ -132,15 +136,21 @@ class Predictor:
     def _semantic(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[np.ndarray]:
         x = torch.from_numpy(np.stack([batch["image"][i] for i in idx])).to(self.device, non_blocking=True)
         x = self.preprocess.normalize(x)
-        if self.device.type == "cuda":
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.module(x)["out"]
+        coarse = self.loaded.spec.coarse_logits
+        if coarse is not None:
+            # The logits before the model's own upsampling to its input size (``via``): the
+            # class map then resamples only where classes meet, through both steps.
+            logits, via = coarse(self.module, x), (int(x.shape[-2]), int(x.shape[-1]))
+        else:
+            logits, via = self.module(x)["out"], None
         maps = []
         for j, i in enumerate(idx):
             # Back to the original size as detectron2's sem_seg_postprocess does (bilinear
             # on the logits, then argmax), interpolating only where the classes meet.
             size = (int(batch["height"][i]), int(batch["width"][i]))
-            maps.append(upsampled_argmax(logits[j], size).cpu().numpy())
+            maps.append(upsampled_argmax(logits[j], size, via=via).cpu().numpy())
         return maps
 
     def _instance(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

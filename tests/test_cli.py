@@ -85,3 +85,11 @@ def test_the_installed_command_exits_2_for_a_bad_model(tmp_path, images):
                            "--model", "nope"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "segbatch: error: unknown model 'nope'" in proc.stderr
+
+
+def test_no_channels_last_flag_reaches_the_config():
+    from segbatch.cli import build_parser, config_from_args
+
+    base = ["run", "--input", "in", "--output", "out", "--model", "unet"]
+    assert config_from_args(build_parser().parse_args(base)).channels_last is True
+    assert config_from_args(build_parser().parse_args([*base, "--no-channels-last"])).channels_last is False

@@ -80,6 +80,34 @@ def test_every_model_runs_on_a_tiny_input(name):
     assert (out["t_predict"] > 0).all()
 
 
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
+                                  "fcn_resnet50"])
+def test_coarse_logits_are_the_forward_pass_before_its_final_upsampling(name):
+    """The predictor skips the model's own upsampling to the input size; resampling the
+    coarse logits that way must give the forward pass's output exactly (this breaks if a
+    torchvision release changes those forwards)."""
+    spec = get_model_spec(name)
+    torch.manual_seed(0)
+    module = spec.build({"num_classes": 3}, ModelOptions()).eval()
+    x = torch.rand(1, 3, 67, 90)
+    with torch.inference_mode():
+        coarse = spec.coarse_logits(module, x)
+        assert coarse.shape[:2] == (1, 3) and coarse.shape[-1] < 90
+        up = torch.nn.functional.interpolate(coarse, size=(67, 90), mode="bilinear", align_corners=False)
+        assert torch.equal(up, module(x)["out"])
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_is_an_option_of_the_semantic_models(channels_last):
+    predictor = Predictor("unet", NONE, ModelOptions(), channels_last=channels_last)
+    conv = predictor.module.stem[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert not (Predictor("maskrcnn_resnet50_fpn", NONE, ModelOptions(min_size=64), channels_last=channels_last)
+                .channels_last)  # Mask R-CNN takes lists of images of different sizes: default layout
+    out = predictor(read_batch(tiny_batch(), predictor.preprocess))
+    assert list(out["status"]) == ["ok"] * 3, out["error"]
+
+
 def test_a_failing_image_becomes_an_error_row_and_its_batch_goes_on():
     predictor = Predictor("unet", NONE, ModelOptions())
     batch = read_batch(tiny_batch(), predictor.preprocess)

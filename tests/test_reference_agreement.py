@@ -7,6 +7,11 @@ forward, then back to the original size — bilinear on the logits, argmax (as d
 rotated by its EXIF tag. Models are seeded random networks whose BatchNorm statistics are
 calibrated on the photos, so that they predict many classes with thin margins — a harder
 test than a trained model, where most pixels are far from a tie.
+
+In torchvision's default tensor layout (``channels_last=False``) every pixel is equal. The
+default channels-last layout runs other oneDNN kernels, whose sums round differently (as a
+different thread count does): the maps then differ only where the reference's top two
+logits are within 1e-4 of each other (measured: 1 pixel of 1.05 million, gap 2e-6).
 """
 
 from __future__ import annotations
@@ -51,13 +56,13 @@ def photos(tmp_path_factory) -> str:
     return str(root)
 
 
-def reference_map(path: str, model: torch.nn.Module, transform) -> np.ndarray:
+def reference_logits(path: str, model: torch.nn.Module, transform) -> torch.Tensor:
+    """``(C, H, W)``: the logits at the original size; the reference map is their argmax."""
     img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     batch = transform(pil_to_tensor(img)).unsqueeze(0)
     with torch.inference_mode():
         logits = model(batch)["out"]
-        up = F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)
-    return up.argmax(1)[0].numpy()
+        return F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)[0]
 
 
 def calibrated_torchvision_model(name: str, photos: str) -> torch.nn.Module:
@@ -75,7 +80,9 @@ def calibrated_torchvision_model(name: str, photos: str) -> torch.nn.Module:
     return model.eval()
 
 
-def agreement(out, photos: str, model: torch.nn.Module, transform) -> tuple[float, int]:
+def agreement(out, photos: str, model: torch.nn.Module, transform) -> tuple[float, int, float]:
+    """(fraction of equal pixels, most classes in one reference map, largest gap between the
+    reference logits of the two classes at a differing pixel)."""
     # The job's actor runs torch on 1 thread; so does the reference, because oneDNN's
     # reduction order depends on the thread count and these seeded models have near-ties.
     threads = torch.get_num_threads()
@@ -84,29 +91,41 @@ def agreement(out, photos: str, model: torch.nn.Module, transform) -> tuple[floa
         maps = semantic_maps(out)
         assert sorted(maps) == sorted(PHOTOS)
         equal = total = classes = 0
+        gap = 0.0
         for name, got in maps.items():
-            ref = reference_map(f"{photos}/{name}", model, transform)
+            logits = reference_logits(f"{photos}/{name}", model, transform)
+            ref = logits.argmax(0).numpy()
             assert got.shape == ref.shape, name
             equal += int((got == ref).sum())
             total += ref.size
             classes = max(classes, len(np.unique(ref)))
+            ys, xs = np.nonzero(got != ref)
+            if len(ys):
+                gap = max(gap, float((logits[ref[ys, xs], ys, xs] - logits[got[ys, xs], ys, xs]).abs().max()))
     finally:
         torch.set_num_threads(threads)
-    return equal / total, classes
+    return equal / total, classes, gap
 
 
-@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
-def test_torchvision_models_match_the_reference(name, photos, tmp_path, ray_cluster):
+@pytest.mark.parametrize(("name", "channels_last"), [
+    ("lraspp_mobilenet_v3_large", False), ("lraspp_mobilenet_v3_large", True), ("deeplabv3_mobilenet_v3_large", True),
+])
+def test_torchvision_models_match_the_reference(name, channels_last, photos, tmp_path, ray_cluster):
     model = calibrated_torchvision_model(name, photos)
     ckpt = tmp_path / f"{name}.pth"
     torch.save(model.state_dict(), ckpt)
     out = tmp_path / "out"
-    summary = run(JobConfig(input=photos, output=str(out), model=name, weights=str(ckpt), batch_size=2))
+    summary = run(JobConfig(input=photos, output=str(out), model=name, weights=str(ckpt), batch_size=2,
+                            channels_last=channels_last))
     assert summary.num_errors == 0 and summary.num_images == len(PHOTOS)
-    ratio, classes = agreement(out, photos, model, get_model_weights(name).DEFAULT.transforms())
-    print(f"\n{name}: pixel agreement with the torchvision reference {ratio:.6f} ({classes} classes in one image)")
+    ratio, classes, gap = agreement(out, photos, model, get_model_weights(name).DEFAULT.transforms())
+    print(f"\n{name} channels_last={channels_last}: pixel agreement with the torchvision reference {ratio:.7f} "
+          f"({classes} classes in one image; largest top-2 gap where they differ {gap:.1e})")
     assert classes >= 5, "the seeded model must predict many classes for this test to mean anything"
-    assert ratio == 1.0
+    if channels_last:
+        assert ratio > 0.99999 and gap < 1e-4  # rounding of other kernels: near-ties only
+    else:
+        assert ratio == 1.0
 
 
 def test_bundled_unet_matches_the_reference(photos, tmp_path, ray_cluster):
@@ -121,6 +140,6 @@ def test_bundled_unet_matches_the_reference(photos, tmp_path, ray_cluster):
 
     out = tmp_path / "out"
     run(JobConfig(input=photos, output=str(out), model="unet", batch_size=3))
-    ratio, _ = agreement(out, photos, loaded.module, transform)
-    print(f"\nunet: pixel agreement with the reference {ratio:.6f}")
-    assert ratio == 1.0
+    ratio, _, gap = agreement(out, photos, loaded.module, transform)
+    print(f"\nunet: pixel agreement with the reference {ratio:.7f} (largest top-2 gap where they differ {gap:.1e})")
+    assert ratio > 0.99999 and gap < 1e-4  # channels-last (the default): near-ties only

@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from segbatch.upsample import upsampled_argmax
 
 
-def reference(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False).argmax(1)[0]
+def reference(logits: torch.Tensor, size: tuple[int, int], via: tuple[int, int] | None = None) -> torch.Tensor:
+    z = logits[None].float()
+    if via is not None:  # a torchvision model's own upsampling to its input size
+        z = F.interpolate(z, size=via, mode="bilinear", align_corners=False)
+    return F.interpolate(z, size=size, mode="bilinear", align_corners=False).argmax(1)[0]
 
 
 def blobs(c: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -62,3 +65,47 @@ def test_undecided_pixels_in_several_chunks_give_the_same_map(monkeypatch):
     monkeypatch.setattr(upsample, "_CHUNK", 1000)  # hundreds of chunks instead of one
     assert torch.equal(upsampled_argmax(logits, (480, 640)), whole)
     assert torch.equal(whole.long(), reference(logits, (480, 640)))
+
+
+@pytest.mark.parametrize(("c", "low", "via", "size"), [
+    (21, (65, 87), (520, 693), (480, 640)),  # LRASPP: 1/8 → 520 px input → the 640×480 photo
+    (21, (33, 44), (520, 693), (480, 640)),  # DeepLabV3-MobileNet: 1/16
+    (5, (16, 16), (128, 128), (300, 200)),  # input smaller than the photo, both steps up
+    (3, (7, 9), (60, 70), (61, 71)),
+    (2, (1, 7), (8, 56), (5, 50)),  # one row: the clamped border everywhere
+    (4, (40, 30), (40, 30), (100, 90)),  # the first step is the identity
+])
+def test_equals_two_upsamplings_in_a_row(c, low, via, size):
+    for seed in range(3):
+        logits = blobs(c, *low, seed)
+        fast = upsampled_argmax(logits, size, via=via)
+        assert fast.dtype == torch.uint8 and fast.shape == size
+        assert torch.equal(fast.long(), reference(logits, size, via))
+
+
+def test_photo_like_and_noise_like_maps_take_each_path_and_agree(monkeypatch):
+    from segbatch import upsample
+
+    calls = []
+    real = upsample._reference
+    monkeypatch.setattr(upsample, "_reference", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(1)
+    coarse = torch.randn(1, 21, 3, 4, generator=g) * 6
+    coarse[:, 3:] -= 20  # three classes in a few large regions, as on a photo
+    smooth = F.interpolate(coarse, size=(65, 87), mode="bilinear", align_corners=False)[0]
+    smooth += 0.05 * torch.randn(smooth.shape, generator=g)
+    noise = torch.randn(21, 65, 87, generator=g)  # every pixel a boundary
+    for logits, dense in ((smooth, False), (noise, True)):
+        calls.clear()
+        fast = upsampled_argmax(logits, (480, 640), via=(520, 693))
+        assert bool(calls) == dense
+        assert torch.equal(fast.long(), reference(logits, (480, 640), (520, 693)))
+
+
+def test_chained_pixels_in_several_chunks_give_the_same_map(monkeypatch):
+    from segbatch import upsample
+
+    logits = blobs(21, 65, 87, 4)
+    whole = upsampled_argmax(logits, (480, 640), via=(520, 693))
+    monkeypatch.setattr(upsample, "_CHUNK", 1000)
+    assert torch.equal(upsampled_argmax(logits, (480, 640), via=(520, 693)), whole)

@@ -118,6 +118,9 @@ class ModelSpec:
     ``build(model_kwargs, options)`` returns a randomly initialised module;
     ``infer_kwargs(state_dict)`` reads ``model_kwargs`` (e.g. ``num_classes``) off a plain
     state_dict; ``categories``/``preprocess`` are those of the default weights.
+    ``coarse_logits(module, x)``, for a semantic model whose forward ends by upsampling its
+    logits bilinearly to the input size: those logits before that step, ``(N, C, h, w)``
+    float (the predictor then resamples only where classes meet, see :mod:`segbatch.upsample`).
     """
 
     name: str
@@ -129,6 +132,7 @@ class ModelSpec:
     build: Callable[[Mapping[str, Any], ModelOptions], nn.Module]
     infer_kwargs: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
     default_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    coarse_logits: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass

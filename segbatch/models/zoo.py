@@ -24,6 +24,17 @@ def _default_weights(enum: type[WeightsEnum]) -> DefaultWeights:
     return DefaultWeights(label=f"{type(w).__name__}.{w.name}", url=w.url)
 
 
+def _coarse_simple(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """FCN and DeepLabV3 (torchvision's ``_SimpleSegmentationModel.forward``) up to, not
+    including, its ``F.interpolate(..., size=input_shape, mode="bilinear", align_corners=False)``."""
+    return module.classifier(module.backbone(x)["out"])
+
+
+def _coarse_lraspp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``LRASPP.forward`` up to, not including, its final bilinear upsampling to the input size."""
+    return module.classifier(module.backbone(x))
+
+
 def _semantic(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEnum],
               head_key: str, arch: str) -> ModelSpec:
     weights = enum.DEFAULT
@@ -50,6 +61,7 @@ def _semantic(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEn
         build=build,
         infer_kwargs=infer,
         default_kwargs={"num_classes": len(categories)},
+        coarse_logits=_coarse_lraspp if name.startswith("lraspp") else _coarse_simple,
     )
 
 
