@@ -266,7 +266,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8, help="segbatch images per model batch (default 8, as the job)")
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--torch-threads", type=int, default=None, help="per actor (default: --cpus-per-actor)")
