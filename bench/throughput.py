@@ -47,33 +47,42 @@ INSTANCE = {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"}
 
 @dataclass
 class Figures:
-    ceiling: float  # torchvision's default layout
-    ceiling_cl: float  # channels-last (NaN for Mask R-CNN)
+    ceiling: float  # torchvision's model as it is
+    ceiling_sb: float  # the model as segbatch runs it (NaN for Mask R-CNN)
     plain: float
     segbatch: float  # end to end, Ray start-up included
     steady: float  # first to last committed part
     first_output_s: float  # after Ray is up
     ray_start_s: float
+    gpu_util: float  # mean GPU utilisation (%) in segbatch's steady state (NaN on the CPU)
+    ceiling_util: float  # the same during the ceiling's best pass
 
 
 FIT_IMAGES = 16
 
 
+UNIQUE_IMAGES = 64  # distinct generated scenes; more files repeat them (each scene takes ~60-90 ms to draw)
+
+
 def write_images(root: Path, n: int, width: int, height: int) -> tuple[list[Path], list[np.ndarray]]:
-    """``n`` JPEGs of generated shapes (the demo's generator) at ``width``×``height``, and
-    the labels ``(H, W) uint8`` (255 on boundaries) of the first :data:`FIT_IMAGES`."""
+    """``n`` JPEGs of generated shapes (the demo's generator) at ``width``×``height``, the
+    first :data:`UNIQUE_IMAGES` distinct and the rest copies of them, and the labels
+    ``(H, W) uint8`` (255 on boundaries) of the first :data:`FIT_IMAGES`."""
     from segbatch.sample import render_sample
 
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True, exist_ok=True)
     paths, labels = [], []
     for i in range(n):
-        rgb, label = render_sample(rng, height, width, max_shapes=6)
         p = root / "images" / f"img_{i:05d}.jpg"
-        Image.fromarray(rgb).save(p, quality=90)
+        if i < UNIQUE_IMAGES:
+            rgb, label = render_sample(rng, height, width, max_shapes=6)
+            Image.fromarray(rgb).save(p, quality=90)
+            if i < FIT_IMAGES:
+                labels.append(label)
+        else:
+            shutil.copyfile(paths[i % UNIQUE_IMAGES], p)
         paths.append(p)
-        if i < FIT_IMAGES:
-            labels.append(label)
     return paths, labels
 
 
@@ -123,13 +132,16 @@ def bench_model(name: str, paths: list[Path], labels: list[np.ndarray], min_size
 class Ceiling:
     """img/s of the forward pass alone, through segbatch's own model loading and preprocessing.
 
-    Two layouts: torchvision's default (NCHW, the issue's ceiling) and channels-last (what
-    segbatch runs by default; faster on oneDNN). Measured more than once (:meth:`measure`),
+    Two forms of the model: torchvision's, as it is (``torchvision``: the issue's ceiling), and
+    segbatch's (``segbatch``: BatchNorm folded, channels-last where it applies — what the
+    job's actors run by default). Measured more than once (:meth:`measure`),
     the best pass counting: the ceiling is what this machine can do at its best, and on a
     shared machine a single pass swings by ±20 %.
     """
 
-    def __init__(self, name: str, ckpt: Path, paths: list[Path], min_size: int) -> None:
+    def __init__(self, name: str, ckpt: Path, paths: list[Path], min_size: int,
+                 device: torch.device = torch.device("cpu"), precision: str = "fp32",
+                 channels_last: bool = True, fold_batchnorm: bool = True) -> None:
         import copy
 
         from segbatch.io.images import decode_image
@@ -141,61 +153,131 @@ class Ceiling:
         loaded = load_model(spec, resolve_weights(spec, str(ckpt)),
                             ModelOptions(min_size=min_size if name in INSTANCE else None))
         pre = loaded.preprocess
+        # On a GPU the inputs wait on the device: the ceiling is the model, not the copies.
         self.tensors = [pre.normalize(torch.from_numpy(pre.resize_chw(decode_image(p.read_bytes())))[None])[0]
-                        for p in paths]
-        self.modules = {"nchw": loaded.module}
+                        .to(device) for p in paths]
+        self.device = device
+        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if device.type == "cuda" else None
+        self.modules = {"torchvision": copy.deepcopy(loaded.module).to(device)}
+        self.layout_cl = {"torchvision": False}
         if name not in INSTANCE:
-            self.modules["channels_last"] = copy.deepcopy(loaded.module).to(memory_format=torch.channels_last)
+            # The model as segbatch's predictor runs it (BatchNorm folded; channels-last
+            # where that applies), built by the predictor itself.
+            from segbatch.predictor import Predictor
+
+            pred = Predictor(name, resolve_weights(spec, str(ckpt)), ModelOptions(), precision=precision,
+                             channels_last=channels_last, fold_batchnorm=fold_batchnorm, device=device)
+            self.modules["segbatch"], self.layout_cl["segbatch"] = pred.module, pred.channels_last
         self.best = {layout: 0.0 for layout in self.modules}
         self.best_batch = {layout: 1 for layout in self.modules}
+        self.best_util = {layout: float("nan") for layout in self.modules}
 
     def measure(self, batch_sizes: list[int] | None = None) -> dict[str, float]:
         """One pass over all images per layout and batch size (default: each layout's best
         so far); returns the best rate of each layout so far."""
         for layout, module in self.modules.items():
             for bs in batch_sizes or [self.best_batch[layout]]:
-                rate = self._pass(module, bs, channels_last=layout == "channels_last")
-                print(f"  ceiling {layout} at batch {bs}: {rate:.2f} img/s", flush=True)
+                with GpuLoad(self.device) as load:
+                    rate = self._pass(module, bs, channels_last=self.layout_cl[layout])
+                util = load.mean()
+                print(f"  ceiling {layout} at batch {bs}: {rate:.2f} img/s"
+                      + (f", GPU busy {util:.0f} %" if util == util else ""), flush=True)
                 if rate > self.best[layout]:
-                    self.best[layout], self.best_batch[layout] = rate, bs
+                    self.best[layout], self.best_batch[layout], self.best_util[layout] = rate, bs, util
         return dict(self.best)
 
     def _pass(self, module: torch.nn.Module, bs: int, channels_last: bool) -> float:
         tensors = self.tensors
-        with torch.inference_mode():
+        cuda = self.device.type == "cuda"
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+        def forward(i: int) -> None:
             if self.name in INSTANCE:
-                module(tensors[:bs])  # warm-up
-                t0 = time.perf_counter()
-                for i in range(0, len(tensors), bs):
-                    module(tensors[i: i + bs])
+                module(tensors[i: i + bs])
             else:
-                fmt = torch.channels_last if channels_last else torch.contiguous_format
-                module(torch.stack(tensors[:bs]).contiguous(memory_format=fmt))
-                t0 = time.perf_counter()
+                module(torch.stack(tensors[i: i + bs]).contiguous(memory_format=fmt))
+
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
+                                                    enabled=self.autocast is not None):
+            forward(0)  # warm-up
+            _sync(cuda)
+            t0 = time.perf_counter()
+            done = 0
+            # A GPU goes through the images in a fraction of a second: repeat for ≥ 1 s, so
+            # that the rate and the utilisation samples (NVML averages over ≥ 1/6 s) hold.
+            while not done or (cuda and time.perf_counter() - t0 < 1.0):
                 for i in range(0, len(tensors), bs):
-                    module(torch.stack(tensors[i: i + bs]).contiguous(memory_format=fmt))["out"]
-        return len(tensors) / (time.perf_counter() - t0)
+                    forward(i)
+                done += len(tensors)
+                _sync(cuda)
+        return done / (time.perf_counter() - t0)
 
 
-def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path) -> float:
-    """img/s of the seed's snippet, single process, default torch threads."""
+def _sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+class GpuLoad:
+    """Samples GPU 0's utilisation (NVML: % of time a kernel ran) every 0.1 s while in use;
+    nothing on the CPU. ``samples`` holds ``(time.time(), percent)``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._handle = None
+        if device.type == "cuda":
+            try:
+                import pynvml  # nvidia-ml-py, which torch.cuda.utilization uses too
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+                self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            except Exception as err:  # no NVML: the figures stay NaN
+                print(f"  no GPU utilisation: {type(err).__name__}: {err}", flush=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.samples.append((time.time(), float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)))
+
+    def __enter__(self) -> GpuLoad:
+        if self._handle is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._handle is not None:
+            self._thread.join()
+
+    def mean(self, start: float = 0.0, end: float = float("inf")) -> float:
+        """Mean percent over samples in ``[start, end]``; NaN without samples."""
+        window = [u for t, u in self.samples if start <= t <= end]
+        return sum(window) / len(window) if window else float("nan")
+
+
+def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path,
+               device: torch.device = torch.device("cpu")) -> float:
+    """img/s of the seed's snippet, single process, default torch threads; on a GPU the
+    model, the resampling and the argmax run there (as the snippet with ``.to("cuda")``)."""
     weights = get_model_weights(name).DEFAULT
     transform = weights.transforms()
     images, annotations = [], []
     t0 = time.perf_counter()
     for image_id, path in enumerate(paths, start=1):
         img = Image.open(path).convert("RGB")
-        x = transform(pil_to_tensor(img))
+        x = transform(pil_to_tensor(img)).to(device)
         with torch.inference_mode():
             if name in INSTANCE:
                 o = model([x])[0]
                 keep = o["scores"] >= 0.5
-                masks = (o["masks"][keep, 0] > 0.5).to(torch.uint8).numpy()
+                masks = (o["masks"][keep, 0] > 0.5).to(torch.uint8).cpu().numpy()
                 found = list(zip(masks, o["labels"][keep].tolist(), o["scores"][keep].tolist(), strict=True))
             else:
                 logits = model(x[None])["out"]
                 up = F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)
-                pred = up.argmax(1)[0].to(torch.uint8).numpy()
+                pred = up.argmax(1)[0].to(torch.uint8).cpu().numpy()
                 found = [((pred == c).astype(np.uint8), int(c), 1.0) for c in np.unique(pred) if c != 0]
         images.append({"id": image_id, "file_name": path.name, "width": img.width, "height": img.height})
         for m, c, s in found:
@@ -209,16 +291,19 @@ def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path) 
     return len(paths) / (time.perf_counter() - t0)
 
 
-def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, float, float]:
-    """(end-to-end img/s incl. Ray start, steady img/s, first output s after Ray up, Ray start s)."""
+def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.Namespace,
+                 device: torch.device) -> tuple[float, float, float, float, float]:
+    """(end-to-end img/s incl. Ray start, steady img/s, first output s after Ray up, Ray start s,
+    mean GPU utilisation % in the steady state or NaN)."""
     import pyarrow.parquet as pq
     import ray
 
     from segbatch import JobConfig, run
 
     t0 = time.time()
-    ray.init(num_cpus=args.ray_cpus or os.cpu_count(), include_dashboard=False, logging_level="ERROR",
-             object_store_memory=1_000_000_000)
+    ray.init(num_cpus=args.ray_cpus or os.cpu_count(), num_gpus=1 if device.type == "cuda" else 0,
+             include_dashboard=False, logging_level="ERROR",
+             object_store_memory=int(args.object_store_gb * 1e9))
     t_up = time.time()
     commits: dict[str, tuple[float, int]] = {}  # part file → (first seen, rows)
     stop = threading.Event()
@@ -236,12 +321,17 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    load = GpuLoad(device)
     try:
-        summary = run(JobConfig(input=str(images), output=str(out), model=name, weights=str(ckpt),
-                                batch_size=args.batch_size, rows_per_part=args.batch_size,
-                                cpus_per_actor=args.cpus_per_actor, actors=args.actors,
-                                torch_threads=args.torch_threads, channels_last=not args.nchw,
-                                min_size=args.min_size if name in INSTANCE else None, report=False))
+        with load:
+            summary = run(JobConfig(input=str(images), output=str(out), model=name, weights=str(ckpt),
+                                    batch_size=args.batch_size, rows_per_part=args.batch_size,
+                                    cpus_per_actor=args.cpus_per_actor, actors=args.actors,
+                                    gpus_per_actor=args.gpus_per_actor if device.type == "cuda" else 0.0,
+                                    torch_threads=args.torch_threads, channels_last=not args.nchw,
+                                    fold_batchnorm=not args.no_fold,
+                                    precision=args.precision,
+                                    min_size=args.min_size if name in INSTANCE else None, report=False))
     finally:
         t_end = time.time()
         stop.set()
@@ -257,7 +347,7 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
         total += rows
     first, last = parts[0][0], parts[-1][0]
     steady = (sum(r for _, r in parts) - parts[0][1]) / (last - first) if last > first else float("nan")
-    return summary.num_images / (t_end - t0), steady, first - t_up, t_up - t0
+    return summary.num_images / (t_end - t0), steady, first - t_up, t_up - t0, load.mean(first, last)
 
 
 def main() -> None:
@@ -266,50 +356,75 @@ def main() -> None:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--batch-size", type=int, default=8, help="segbatch images per model batch (default 8, as the job)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="segbatch images per model batch (default 8 as the job on the CPU, 32 on a GPU)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where all three run (default: cuda when there is one)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast on a GPU, for the ceiling and segbatch (default fp32)")
     p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--gpus-per-actor", type=float, default=1.0, help="on a GPU (default 1; 0.5 shares one between 2)")
+    p.add_argument("--object-store-gb", type=float, default=1.0)
+    p.add_argument("--ceiling-n", type=int, default=256, help="images the ceiling runs on (default: 256 at most)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--torch-threads", type=int, default=None, help="per actor (default: --cpus-per-actor)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs the local Ray cluster declares (default: all)")
     p.add_argument("--min-size", type=int, default=320, help="Mask R-CNN's shorter side (default 320)")
     p.add_argument("--nchw", action="store_true", help="run segbatch with --no-channels-last")
+    p.add_argument("--no-fold", action="store_true", help="run segbatch with --no-fold-batchnorm")
     p.add_argument("--workdir", default=None)
     args = p.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    gpu = device.type == "cuda"
+    if args.batch_size is None:
+        args.batch_size = 32 if gpu else 8
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sb-bench-"))
+    t0 = time.perf_counter()
     paths, labels = write_images(work / "data", args.n, args.width, args.height)
-    print(f"{args.n} JPEGs {args.width}x{args.height}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+    print(f"{args.n} JPEGs {args.width}x{args.height} (written in {time.perf_counter() - t0:.1f} s), {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
           f"{args.actors} actor(s) x {args.cpus_per_actor:g} CPU, torch threads {args.torch_threads}, "
-          f"layout {'nchw' if args.nchw else 'channels_last'}", flush=True)
+          f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
+          f"device {device}"
+          + (f" ({torch.cuda.get_device_name(0)}, {args.gpus_per_actor:g} GPU per actor, {args.precision})"
+             if gpu else ""), flush=True)
     results: dict[str, Figures] = {}
     for name in args.models.split(","):
         model = bench_model(name, paths, labels, args.min_size)
         ckpt = work / f"{name}.pth"
         torch.save(model.state_dict(), ckpt)
-        ceil = Ceiling(name, ckpt, paths, args.min_size)
+        ceil = Ceiling(name, ckpt, paths[:args.ceiling_n], args.min_size, device, args.precision,
+                       channels_last=not args.nchw, fold_batchnorm=not args.no_fold)
         # The ceiling is the model at its best batch size: on a CPU, one image per forward pass
-        # is often fastest (the activations of a batch fall out of cache).
-        ceil.measure(sorted({1, args.batch_size}))
-        pl = plain_loop(name, model, paths, work / f"{name}.plain.json")
+        # is often fastest (the activations of a batch fall out of cache); a GPU wants more.
+        ceil.measure(sorted({args.batch_size, 4 * args.batch_size} if gpu else {1, args.batch_size}))
+        model = model.to(device)
+        pl = plain_loop(name, model, paths, work / f"{name}.plain.json", device)
         print(f"{name}: plain loop {pl:.2f} img/s", flush=True)
         out = work / f"{name}.segbatch"
         shutil.rmtree(out, ignore_errors=True)
-        e2e, steady, first, ray_s = segbatch_run(name, ckpt, work / "data" / "images", out, args)
+        e2e, steady, first, ray_s, util = segbatch_run(name, ckpt, work / "data" / "images", out, args, device)
         # The baselines again, after: on a shared machine a pass swings by ±20 %, and the best
-        # pass of each baseline is what segbatch is held to.
+        # pass of each baseline is what segbatch is held to. (A GPU machine is not shared.)
         c = ceil.measure()
         print(f"{name}: ceiling {c} img/s (best pass)", flush=True)
-        pl = max(pl, plain_loop(name, model, paths, work / f"{name}.plain.json"))
+        if not gpu:
+            pl = max(pl, plain_loop(name, model, paths, work / f"{name}.plain.json", device))
         print(f"{name}: plain loop {pl:.2f} img/s (best pass)", flush=True)
         print(f"{name}: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), steady {steady:.2f} img/s, "
-              f"first committed output {first:.1f} s after Ray was up", flush=True)
-        results[name] = Figures(c["nchw"], c.get("channels_last", float("nan")), pl, e2e, steady, first, ray_s)
+              f"first committed output {first:.1f} s after Ray was up"
+              + (f", GPU busy {util:.0f} % in steady state" if gpu else ""), flush=True)
+        results[name] = Figures(c["torchvision"], c.get("segbatch", float("nan")), pl, e2e, steady, first, ray_s,
+                                util, ceil.best_util["torchvision"])
     print()
     for name, f in results.items():
         print(f"{name} ceiling={f.ceiling:.2f} plain={f.plain:.2f} segbatch={f.segbatch:.2f} img/s "
               f"steady={f.steady:.2f} first_output_s={f.first_output_s:.1f} "
               f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f} "
-              f"ceiling_cl={f.ceiling_cl:.2f} ratio_ceiling_cl={f.steady / f.ceiling_cl:.2f}")
+              f"ceiling_sb={f.ceiling_sb:.2f} ratio_ceiling_sb={f.steady / f.ceiling_sb:.2f}"
+              + (f" ratio_plain_steady={f.steady / f.plain:.2f} gpu_util={f.gpu_util:.0f} "
+                 f"ceiling_gpu_util={f.ceiling_util:.0f}" if gpu else ""))
 
 
 if __name__ == "__main__":

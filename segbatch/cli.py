@@ -68,7 +68,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="job YAML file with the same keys; flags given here win")
     _add_options(p, _RUN_OPTIONS + _EXPORT_OPTIONS)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=argparse.SUPPRESS,
-                   help="run the model in torchvision's default tensor layout (NCHW), not channels-last")
+                   help="run the model in torchvision's default tensor layout (NCHW), not channels-last "
+                        "(channels-last applies on the CPU and under GPU fp16/bf16)")
+    p.add_argument("--no-fold-batchnorm", dest="fold_batchnorm", action="store_false", default=argparse.SUPPRESS,
+                   help="keep BatchNorm as its own operator instead of folding it into the convolution before it")
     p.add_argument("--no-report", dest="report", action="store_false", default=argparse.SUPPRESS,
                    help="do not write report.html at the end of a run with labels")
 

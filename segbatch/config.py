@@ -51,11 +51,16 @@ class JobConfig:
     mask_threshold: float = 0.5
     min_size: int | None = None
     precision: Precision = "fp32"
-    # Run semantic models on channels-last (NHWC) tensors: oneDNN's and cuDNN's fast layout.
-    # On a CPU, MobileNetV3 models run 1.2-1.5× faster; their kernels round sums differently
+    # Run semantic models on channels-last (NHWC) tensors where that is faster: on the CPU
+    # (oneDNN) and on a GPU under fp16/bf16 (cuDNN's tensor cores); a GPU in fp32 keeps NCHW
+    # (measured 1.5× slower in NHWC there). On a CPU, MobileNetV3 models run 1.2-1.5× faster; their kernels round sums differently
     # (logits differ by ~1e-6 for MobileNetV3, up to ~4e-5 for ResNet-50), which moves only
     # near-tie pixels (README "Agreement with torchvision"). False: torchvision's layout, exactly.
     channels_last: bool = True
+    # Fold each BatchNorm into the convolution before it (segbatch.models.fold): LRASPP 1.3×,
+    # DeepLabV3-MobileNetV3 1.1× faster on a CPU; logits move by ~1e-7 (near-ties only).
+    # False: torchvision's operators, exactly.
+    fold_batchnorm: bool = True
     rows_per_part: int = 64
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ray_address: str | None = None
@@ -94,6 +99,8 @@ class JobConfig:
                 raise JobError(f"{name} must be a number in [0, 1], got {value!r}")
         if not isinstance(self.channels_last, bool):
             raise JobError(f"channels_last must be true or false, got {self.channels_last!r}")
+        if not isinstance(self.fold_batchnorm, bool):
+            raise JobError(f"fold_batchnorm must be true or false, got {self.fold_batchnorm!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise JobError(f"precision must be one of fp32, fp16, bf16, got {self.precision!r}")
         if self.missing_labels not in ("error", "ignore"):

@@ -132,7 +132,7 @@ def prepare(config: JobConfig) -> _Prepared:
         weights_sha256=weights.sha256,
         options={"score_threshold": config.score_threshold, "mask_threshold": config.mask_threshold,
                  "min_size": config.min_size, "precision": config.precision,
-                 "channels_last": config.channels_last,
+                 "channels_last": config.channels_last, "fold_batchnorm": config.fold_batchnorm,
                  "missing_labels": config.missing_labels, "extensions": list(config.extensions)},
     )
     resumed = check_output(out, identity)
@@ -239,7 +239,7 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
                              missing_labels=config.missing_labels, storage_options=so)
     predictor_kwargs = {"weights_holder": [weights_ref], "model_name": config.model,
                         "options": _model_options(config), "precision": config.precision,
-                        "channels_last": config.channels_last,
+                        "channels_last": config.channels_last, "fold_batchnorm": config.fold_batchnorm,
                         "num_threads": config.torch_threads or max(1, int(config.cpus_per_actor))}
     parts_url = prep.out.url_of(PARTS)
     # One block per model batch, so that reading, inference and encoding pipeline; the

@@ -93,3 +93,11 @@ def test_no_channels_last_flag_reaches_the_config():
     base = ["run", "--input", "in", "--output", "out", "--model", "unet"]
     assert config_from_args(build_parser().parse_args(base)).channels_last is True
     assert config_from_args(build_parser().parse_args([*base, "--no-channels-last"])).channels_last is False
+
+
+def test_no_fold_batchnorm_flag_reaches_the_config():
+    from segbatch.cli import build_parser, config_from_args
+
+    base = ["run", "--input", "in", "--output", "out", "--model", "unet"]
+    assert config_from_args(build_parser().parse_args(base)).fold_batchnorm is True
+    assert config_from_args(build_parser().parse_args([*base, "--no-fold-batchnorm"])).fold_batchnorm is False

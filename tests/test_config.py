@@ -17,6 +17,7 @@ BASE = {"input": "in", "output": "out", "model": "unet"}
     ("score_threshold", 1.5, r"score_threshold must be a number in \[0, 1\], got 1.5"),
     ("precision", "fp8", "precision must be one of fp32, fp16, bf16, got 'fp8'"),
     ("channels_last", "yes", "channels_last must be true or false, got 'yes'"),
+    ("fold_batchnorm", 1, "fold_batchnorm must be true or false, got 1"),
     ("missing_labels", "skip", "missing_labels must be 'error' or 'ignore', got 'skip'"),
     ("input", "", "input must be a non-empty string"),
 ])

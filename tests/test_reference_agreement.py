@@ -8,10 +8,11 @@ rotated by its EXIF tag. Models are seeded random networks whose BatchNorm stati
 calibrated on the photos, so that they predict many classes with thin margins — a harder
 test than a trained model, where most pixels are far from a tie.
 
-In torchvision's default tensor layout (``channels_last=False``) every pixel is equal. The
-default channels-last layout runs other oneDNN kernels, whose sums round differently (as a
-different thread count does): the maps then differ only where the reference's top two
-logits are within 1e-4 of each other (measured: 1 pixel of 1.05 million, gap 2e-6).
+With torchvision's operators as they are (``channels_last=False, fold_batchnorm=False``)
+every pixel is equal. The defaults run other oneDNN kernels (channels-last) on weights with
+the BatchNorm folded in, whose sums round differently (as a different thread count does):
+the maps then differ only where the reference's top two logits are within 1e-4 of each
+other (measured: 1 pixel of 1.05 million, gap 2e-6).
 """
 
 from __future__ import annotations
@@ -107,23 +108,24 @@ def agreement(out, photos: str, model: torch.nn.Module, transform) -> tuple[floa
     return equal / total, classes, gap
 
 
-@pytest.mark.parametrize(("name", "channels_last"), [
-    ("lraspp_mobilenet_v3_large", False), ("lraspp_mobilenet_v3_large", True), ("deeplabv3_mobilenet_v3_large", True),
+@pytest.mark.parametrize(("name", "channels_last", "fold"), [
+    ("lraspp_mobilenet_v3_large", False, False), ("lraspp_mobilenet_v3_large", True, True),
+    ("deeplabv3_mobilenet_v3_large", True, True),
 ])
-def test_torchvision_models_match_the_reference(name, channels_last, photos, tmp_path, ray_cluster):
+def test_torchvision_models_match_the_reference(name, channels_last, fold, photos, tmp_path, ray_cluster):
     model = calibrated_torchvision_model(name, photos)
     ckpt = tmp_path / f"{name}.pth"
     torch.save(model.state_dict(), ckpt)
     out = tmp_path / "out"
     summary = run(JobConfig(input=photos, output=str(out), model=name, weights=str(ckpt), batch_size=2,
-                            channels_last=channels_last))
+                            channels_last=channels_last, fold_batchnorm=fold))
     assert summary.num_errors == 0 and summary.num_images == len(PHOTOS)
     ratio, classes, gap = agreement(out, photos, model, get_model_weights(name).DEFAULT.transforms())
-    print(f"\n{name} channels_last={channels_last}: pixel agreement with the torchvision reference {ratio:.7f} "
+    print(f"\n{name} channels_last={channels_last} fold_batchnorm={fold}: pixel agreement with the torchvision reference {ratio:.7f} "
           f"({classes} classes in one image; largest top-2 gap where they differ {gap:.1e})")
     assert classes >= 5, "the seeded model must predict many classes for this test to mean anything"
-    if channels_last:
-        assert ratio > 0.99999 and gap < 1e-4  # rounding of other kernels: near-ties only
+    if channels_last or fold:
+        assert ratio > 0.99999 and gap < 1e-4  # rounding of other kernels and weights: near-ties only
     else:
         assert ratio == 1.0
 
@@ -142,4 +144,4 @@ def test_bundled_unet_matches_the_reference(photos, tmp_path, ray_cluster):
     run(JobConfig(input=photos, output=str(out), model="unet", batch_size=3))
     ratio, _, gap = agreement(out, photos, loaded.module, transform)
     print(f"\nunet: pixel agreement with the reference {ratio:.7f} (largest top-2 gap where they differ {gap:.1e})")
-    assert ratio > 0.99999 and gap < 1e-4  # channels-last (the default): near-ties only
+    assert ratio > 0.99999 and gap < 1e-4  # channels-last, BatchNorm folded (the defaults): near-ties only

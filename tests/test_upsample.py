@@ -109,3 +109,16 @@ def test_chained_pixels_in_several_chunks_give_the_same_map(monkeypatch):
     whole = upsampled_argmax(logits, (480, 640), via=(520, 693))
     monkeypatch.setattr(upsample, "_CHUNK", 1000)
     assert torch.equal(upsampled_argmax(logits, (480, 640), via=(520, 693)), whole)
+
+
+@pytest.mark.parametrize("via", [None, (520, 693)])
+def test_a_batch_per_image_and_all_at_once_give_the_reference_maps(via):
+    from segbatch.upsample import upsampled_argmax_batch
+
+    logits = torch.stack([blobs(21, 65, 87, seed) for seed in range(3)])
+    expected = torch.stack([reference(z, (480, 640), via) for z in logits])
+    for dense in (False, True):  # True: what a GPU runs
+        maps = upsampled_argmax_batch(logits, (480, 640), via=via, dense=dense)
+        assert maps.dtype == torch.uint8 and maps.shape == (3, 480, 640)
+        assert torch.equal(maps.long(), expected)
+    assert upsampled_argmax_batch(logits[:0], (480, 640), via=via).shape == (0, 480, 640)
