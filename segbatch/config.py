@@ -53,9 +53,10 @@ class JobConfig:
     precision: Precision = "fp32"
     # Run semantic models on channels-last (NHWC) tensors where that is faster: on the CPU
     # (oneDNN) and on a GPU under fp16/bf16 (cuDNN's tensor cores); a GPU in fp32 keeps NCHW
-    # (measured 1.5× slower in NHWC there). On a CPU, MobileNetV3 models run 1.2-1.5× faster; their kernels round sums differently
-    # (logits differ by ~1e-6 for MobileNetV3, up to ~4e-5 for ResNet-50), which moves only
-    # near-tie pixels (README "Agreement with torchvision"). False: torchvision's layout, exactly.
+    # (measured 1.5× slower in NHWC there). On a CPU, MobileNetV3 models run 1.2-1.5× faster;
+    # their kernels round sums differently (logits differ by ~1e-6 for MobileNetV3, up to
+    # ~4e-5 for ResNet-50), which moves only near-tie pixels (README "Agreement with
+    # torchvision"). False: torchvision's layout, exactly.
     channels_last: bool = True
     # Fold each BatchNorm into the convolution before it (segbatch.models.fold): LRASPP 1.3×,
     # DeepLabV3-MobileNetV3 1.1× faster on a CPU; logits move by ~1e-7 (near-ties only).

@@ -19,7 +19,8 @@ def fold_batchnorm(module: nn.Module) -> int:
     """Fold, in place, every ``BatchNorm2d`` that directly follows a ``Conv2d`` or
     ``ConvTranspose2d`` inside an ``nn.Sequential`` (torchvision's ``Conv2dNormActivation``,
     the segmentation heads' conv-BN-ReLU blocks, the U-Net's blocks) into that convolution,
-    leaving ``nn.Identity`` in its place. Returns how many were folded.
+    leaving ``nn.Identity`` in its place; a grouped transposed convolution keeps its
+    BatchNorm (see :func:`_foldable`). Returns how many were folded.
 
     Only pairs inside a ``Sequential`` are folded: there the order of application is the
     order of the children. (ResNet blocks call theirs from ``forward`` and keep them.)
