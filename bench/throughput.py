@@ -16,6 +16,10 @@ trained model's do (a random model's maps are noise: every pixel on a class boun
 no real workload looks like). Run::
 
     .venv/bin/python bench/throughput.py [--n 256] [--models lraspp_mobilenet_v3_large,...]
+        [--layouts 1x1:1,1x1:2,4x0.25]   # actors x GPU share [: calls per actor], side by side
+
+A job's figures come with the share of the actors' time spent in the model
+(``actor_busy``): near 1 the actors set the pace, well below they wait on their inputs.
 
 It ends with one line per model, e.g.
 ``lraspp_mobilenet_v3_large ceiling=4.9 plain=3.7 segbatch=3.9 img/s ratio_plain=1.05 ratio_ceiling=0.93``.
@@ -56,6 +60,8 @@ class Figures:
     ray_start_s: float
     gpu_util: float  # mean GPU utilisation (%) in segbatch's steady state (NaN on the CPU)
     ceiling_util: float  # the same during the ceiling's best pass
+    actor_busy: float  # share of the actors' steady-state time spent in the model (copies, forward, class map)
+    layout: str  # actors x GPU share per actor [: batches each takes in at once]
 
 
 FIT_IMAGES = 16
@@ -291,10 +297,37 @@ def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path,
     return len(paths) / (time.perf_counter() - t0)
 
 
+@dataclass
+class Layout:
+    """Model actors, the GPU share of each and the batches each takes in at once
+    (``4x0.25:2``: four actors on one GPU, two calls each; no ``:N``: the job's default)."""
+
+    actors: int
+    gpus: float
+    calls: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Layout:
+        shape, _, calls = text.partition(":")
+        actors, _, gpus = shape.partition("x")
+        try:
+            layout = cls(int(actors), float(gpus or 1), int(calls) if calls else None)
+        except ValueError:
+            raise SystemExit(f"--layouts: {text!r} is not ACTORSxGPUS[:CALLS] (e.g. 1x1, 4x0.25:2)") from None
+        if layout.actors < 1 or not 0 < layout.gpus <= 1 or (layout.calls is not None and layout.calls < 1):
+            raise SystemExit(f"--layouts: {text!r} needs >= 1 actor, a GPU share in (0, 1] and >= 1 call")
+        return layout
+
+    def __str__(self) -> str:
+        return f"{self.actors}x{self.gpus:g}" + (f":{self.calls}" if self.calls else "")
+
+
 def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.Namespace,
-                 device: torch.device) -> tuple[float, float, float, float, float]:
+                 device: torch.device, layout: Layout) -> tuple[float, float, float, float, float, float]:
     """(end-to-end img/s incl. Ray start, steady img/s, first output s after Ray up, Ray start s,
-    mean GPU utilisation % in the steady state or NaN)."""
+    mean GPU utilisation % in the steady state or NaN, actor busy share in the steady state)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     import ray
 
@@ -305,7 +338,7 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
              include_dashboard=False, logging_level="ERROR",
              object_store_memory=int(args.object_store_gb * 1e9))
     t_up = time.time()
-    commits: dict[str, tuple[float, int]] = {}  # part file → (first seen, rows)
+    commits: dict[str, tuple[float, int, float]] = {}  # part file → (first seen, rows, Σ t_predict)
     stop = threading.Event()
 
     def watch() -> None:
@@ -314,8 +347,10 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
             for p in list((out / "parts").glob("*.parquet")) if (out / "parts").exists() else []:
                 if p.name not in commits:
                     try:
-                        commits[p.name] = (time.time(), pq.read_metadata(p).num_rows)
-                    except OSError:
+                        seen = time.time()
+                        t_predict = pq.read_table(p, columns=["t_predict"]).column("t_predict")
+                        commits[p.name] = (seen, len(t_predict), float(pc.sum(t_predict).as_py() or 0.0))
+                    except (OSError, pa.ArrowInvalid):
                         pass  # removed by compaction in between
             time.sleep(0.02)
 
@@ -326,8 +361,8 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
         with load:
             summary = run(JobConfig(input=str(images), output=str(out), model=name, weights=str(ckpt),
                                     batch_size=args.batch_size, rows_per_part=args.batch_size,
-                                    cpus_per_actor=args.cpus_per_actor, actors=args.actors,
-                                    gpus_per_actor=args.gpus_per_actor if device.type == "cuda" else 0.0,
+                                    cpus_per_actor=args.cpus_per_actor, actors=layout.actors, calls_per_actor=layout.calls,
+                                    gpus_per_actor=layout.gpus if device.type == "cuda" else 0.0,
                                     torch_threads=args.torch_threads, channels_last=not args.nchw,
                                     fold_batchnorm=not args.no_fold,
                                     precision=args.precision,
@@ -340,14 +375,22 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
     assert summary.num_errors == 0, summary.lines()
     # The run's own commits, in order, up to every image once (later files are compacted copies).
     parts, total = [], 0
-    for seen, rows in sorted(commits.values()):
+    for seen, rows, busy in sorted(commits.values()):
         if total >= summary.num_images:
             break
-        parts.append((seen, rows))
+        parts.append((seen, rows, busy))
         total += rows
     first, last = parts[0][0], parts[-1][0]
-    steady = (sum(r for _, r in parts) - parts[0][1]) / (last - first) if last > first else float("nan")
-    return summary.num_images / (t_end - t0), steady, first - t_up, t_up - t0, load.mean(first, last)
+    window = last - first
+    steady = sum(r for _, r, _ in parts[1:]) / window if window > 0 else float("nan")
+    # Utilisation = throughput × service time / servers: the steady rate times the model's
+    # mean time per image (t_predict: copies in, forward, class maps out), over the actors.
+    # Near 1 the actors' model work sets the pace; well below, they wait for inputs or on
+    # Ray Data's hand-offs. (Summing t_predict inside the window instead overcounts the
+    # batches already under way when the first part commits.)
+    per_image = sum(b for _, _, b in parts) / sum(r for _, r, _ in parts)
+    busy = steady * per_image / layout.actors
+    return summary.num_images / (t_end - t0), steady, first - t_up, t_up - t0, load.mean(first, last), busy
 
 
 def main() -> None:
@@ -364,6 +407,11 @@ def main() -> None:
                    help="autocast on a GPU, for the ceiling and segbatch (default fp32)")
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--gpus-per-actor", type=float, default=1.0, help="on a GPU (default 1; 0.5 shares one between 2)")
+    p.add_argument("--layouts", default=None,
+                   help="segbatch runs to compare against the same baselines, ACTORSxGPUS[:CALLS] each "
+                        "(CALLS: batches an actor takes in at once), e.g. 1x1:1,1x1:2,4x0.25 "
+                        "(default: --actors x --gpus-per-actor)")
+    p.add_argument("--plain-n", type=int, default=256, help="images the plain loop runs on (default: 256 at most)")
     p.add_argument("--object-store-gb", type=float, default=1.0)
     p.add_argument("--ceiling-n", type=int, default=256, help="images the ceiling runs on (default: 256 at most)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
@@ -379,17 +427,21 @@ def main() -> None:
     gpu = device.type == "cuda"
     if args.batch_size is None:
         args.batch_size = 32 if gpu else 8
+    layouts = [Layout.parse(t) for t in args.layouts.split(",")] if args.layouts else \
+        [Layout(args.actors, args.gpus_per_actor)]
+    if not gpu:
+        layouts = [Layout(la.actors, 0.0, la.calls) for la in layouts]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sb-bench-"))
     t0 = time.perf_counter()
     paths, labels = write_images(work / "data", args.n, args.width, args.height)
     print(f"{args.n} JPEGs {args.width}x{args.height} (written in {time.perf_counter() - t0:.1f} s), {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
-          f"{args.actors} actor(s) x {args.cpus_per_actor:g} CPU, torch threads {args.torch_threads}, "
+          f"actors x GPUs {','.join(map(str, layouts))}, {args.cpus_per_actor:g} CPU each, torch threads {args.torch_threads}, "
           f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
           f"device {device}"
-          + (f" ({torch.cuda.get_device_name(0)}, {args.gpus_per_actor:g} GPU per actor, {args.precision})"
+          + (f" ({torch.cuda.get_device_name(0)}, {args.precision})"
              if gpu else ""), flush=True)
-    results: dict[str, Figures] = {}
+    results: list[tuple[str, Figures]] = []
     for name in args.models.split(","):
         model = bench_model(name, paths, labels, args.min_size)
         ckpt = work / f"{name}.pth"
@@ -400,29 +452,34 @@ def main() -> None:
         # is often fastest (the activations of a batch fall out of cache); a GPU wants more.
         ceil.measure(sorted({args.batch_size, 4 * args.batch_size} if gpu else {1, args.batch_size}))
         model = model.to(device)
-        pl = plain_loop(name, model, paths, work / f"{name}.plain.json", device)
+        plain_paths = paths[:args.plain_n]
+        pl = plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device)
         print(f"{name}: plain loop {pl:.2f} img/s", flush=True)
-        out = work / f"{name}.segbatch"
-        shutil.rmtree(out, ignore_errors=True)
-        e2e, steady, first, ray_s, util = segbatch_run(name, ckpt, work / "data" / "images", out, args, device)
+        runs = []
+        for layout in layouts:
+            out = work / f"{name}.segbatch"
+            shutil.rmtree(out, ignore_errors=True)
+            runs.append((layout, *segbatch_run(name, ckpt, work / "data" / "images", out, args, device, layout)))
         # The baselines again, after: on a shared machine a pass swings by ±20 %, and the best
         # pass of each baseline is what segbatch is held to. (A GPU machine is not shared.)
         c = ceil.measure()
         print(f"{name}: ceiling {c} img/s (best pass)", flush=True)
         if not gpu:
-            pl = max(pl, plain_loop(name, model, paths, work / f"{name}.plain.json", device))
+            pl = max(pl, plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device))
         print(f"{name}: plain loop {pl:.2f} img/s (best pass)", flush=True)
-        print(f"{name}: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), steady {steady:.2f} img/s, "
-              f"first committed output {first:.1f} s after Ray was up"
-              + (f", GPU busy {util:.0f} % in steady state" if gpu else ""), flush=True)
-        results[name] = Figures(c["torchvision"], c.get("segbatch", float("nan")), pl, e2e, steady, first, ray_s,
-                                util, ceil.best_util["torchvision"])
+        for layout, e2e, steady, first, ray_s, util, busy in runs:
+            print(f"{name} [{layout}]: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), "
+                  f"steady {steady:.2f} img/s, first committed output {first:.1f} s after Ray was up, "
+                  f"actors {100 * busy:.0f} % in the model" + (f", GPU busy {util:.0f} %" if gpu else ""), flush=True)
+            results.append((name, Figures(c["torchvision"], c.get("segbatch", float("nan")), pl, e2e, steady, first,
+                                          ray_s, util, ceil.best_util["torchvision"], busy, str(layout))))
     print()
-    for name, f in results.items():
+    for name, f in results:
         print(f"{name} ceiling={f.ceiling:.2f} plain={f.plain:.2f} segbatch={f.segbatch:.2f} img/s "
               f"steady={f.steady:.2f} first_output_s={f.first_output_s:.1f} "
               f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f} "
-              f"ceiling_sb={f.ceiling_sb:.2f} ratio_ceiling_sb={f.steady / f.ceiling_sb:.2f}"
+              f"ceiling_sb={f.ceiling_sb:.2f} ratio_ceiling_sb={f.steady / f.ceiling_sb:.2f} "
+              f"layout={f.layout} actor_busy={f.actor_busy:.2f}"
               + (f" ratio_plain_steady={f.steady / f.plain:.2f} gpu_util={f.gpu_util:.0f} "
                  f"ceiling_gpu_util={f.ceiling_util:.0f}" if gpu else ""))
 

@@ -40,6 +40,8 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--gpus-per-actor", "gpus_per_actor", float, "GPUs per actor; fractions pack actors (default: 1 if the cluster has GPUs, else 0)"),
     ("--cpus-per-actor", "cpus_per_actor", float, "CPUs per actor, also its torch threads (default 1)"),
     ("--torch-threads", "torch_threads", int, "torch threads per actor (default: --cpus-per-actor)"),
+    ("--calls-per-actor", "calls_per_actor", int,
+     "batches an actor takes in at once; the model runs one at a time (default: 2 on a GPU, 1 on a CPU)"),
     ("--score-threshold", "score_threshold", float, "instance models: minimum detection score (default 0.5)"),
     ("--mask-threshold", "mask_threshold", float, "instance models: mask probability threshold (default 0.5)"),
     ("--min-size", "min_size", int, "instance models: shorter side the model resizes to (default: the model's)"),

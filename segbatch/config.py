@@ -47,6 +47,11 @@ class JobConfig:
     # torch intra-op threads per actor (default: cpus_per_actor, at least 1). More threads
     # than reserved CPUs let the model use cores that light decode/encode tasks leave idle.
     torch_threads: int | None = None
+    # Batches a model actor takes in at once (Ray's max_concurrency): the model runs one at a
+    # time, while Ray Data fetches and batches the next inputs and stores the last outputs
+    # in other threads. Default: 2 on a GPU (the device would otherwise wait on that CPU
+    # work), 1 on a CPU (whose cores are already busy).
+    calls_per_actor: int | None = None
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     min_size: int | None = None
@@ -86,6 +91,8 @@ class JobConfig:
         _check_int("rows_per_part", self.rows_per_part, minimum=1)
         if self.torch_threads is not None:
             _check_int("torch_threads", self.torch_threads, minimum=1)
+        if self.calls_per_actor is not None:
+            _check_int("calls_per_actor", self.calls_per_actor, minimum=1)
         if self.min_size is not None:
             _check_int("min_size", self.min_size, minimum=16)
         if self.gpus_per_actor is not None and not (

@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -230,8 +231,9 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
     gpus = config.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    log.info("labeling %d images with %s on %d actor(s) (%s)", todo.num_rows, config.model, config.actors,
-             f"{gpus:g} GPU each" if gpus else "CPU")
+    calls = config.calls_per_actor or (2 if gpus else 1)
+    log.info("labeling %d images with %s on %d actor(s) (%s, %d batch(es) in at once)", todo.num_rows, config.model,
+             config.actors, f"{gpus:g} GPU each" if gpus else "CPU", calls)
     weights_ref = ray.put(prep.weights)
     loaded = prep.loaded
     encode_spec = EncodeSpec(task=loaded.task, categories=loaded.categories, background=loaded.background,
@@ -256,26 +258,33 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
         # model (a read source runs ahead of it and the first result comes ~6 s later here).
         ds = ray.data.from_items([{"id": i} for i in range(num_batches)],
                                  override_num_blocks=min(num_batches, FEED_BLOCKS))
-        # Read tasks retry a bounded number of times when their worker dies (a decode error
-        # is an error row, not a retry). Giving them remote args the actors lack also keeps
-        # Ray Data from fusing decoding into the model actors: decoding runs in parallel
-        # CPU tasks, spread over the cluster, while the actors only run the model.
-        ds = ds.map_batches(read_slices, fn_kwargs={"todo_holder": [todo_ref], "batch_size": config.batch_size,
-                                                    "preprocess": loaded.preprocess, "storage_options": so},
-                            batch_size=1, batch_format="numpy", num_cpus=1,
-                            max_retries=READ_TASK_RETRIES, scheduling_strategy="SPREAD")
-        ds = ds.map_batches(
-            _RayPredictor, fn_constructor_kwargs=predictor_kwargs,
-            batch_size=config.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=config.actors),
-            num_gpus=gpus, num_cpus=config.cpus_per_actor,
-            # One actor per node before two on one: the pool uses every node's cores (and
-            # memory bandwidth), and losing a node loses as few actors as possible.
-            scheduling_strategy="SPREAD",
-            # A dead actor is restarted (Ray Data's default) and its batch retried a bounded
-            # number of times (Ray Data's default is forever), so a poison batch cannot loop.
-            max_task_retries=ACTOR_TASK_RETRIES,
-        )
+        # Retries and SPREAD have no named parameter yet: **ray_remote_args is how Ray Data
+        # takes them (deprecated, removed in Ray 2.64, hence the pin in pyproject.toml).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            # Read tasks retry a bounded number of times when their worker dies (a decode error
+            # is an error row, not a retry). Giving them remote args the actors lack also keeps
+            # Ray Data from fusing decoding into the model actors: decoding runs in parallel
+            # CPU tasks, spread over the cluster, while the actors only run the model.
+            ds = ds.map_batches(read_slices, fn_kwargs={"todo_holder": [todo_ref], "batch_size": config.batch_size,
+                                                        "preprocess": loaded.preprocess, "storage_options": so},
+                                batch_size=1, batch_format="numpy", num_cpus=1,
+                                max_retries=READ_TASK_RETRIES, scheduling_strategy="SPREAD")
+            ds = ds.map_batches(
+                _RayPredictor, fn_constructor_kwargs=predictor_kwargs,
+                batch_size=config.batch_size, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=config.actors),
+                num_gpus=gpus, num_cpus=config.cpus_per_actor,
+                # One actor per node before two on one: the pool uses every node's cores (and
+                # memory bandwidth), and losing a node loses as few actors as possible.
+                scheduling_strategy="SPREAD",
+                # A dead actor is restarted (Ray Data's default) and its batch retried a bounded
+                # number of times (Ray Data's default is forever), so a poison batch cannot loop.
+                max_task_retries=ACTOR_TASK_RETRIES,
+                # Ray Data runs a callable class's __call__ one at a time even so: the other
+                # calls' threads fetch and batch inputs and store outputs meanwhile.
+                max_concurrency=calls,
+            )
         ds = ds.map_batches(encode_batch, fn_kwargs={"spec": encode_spec}, batch_size=config.batch_size,
                             batch_format="numpy", num_cpus=1)
         ds.write_datasink(PartsDatasink(parts_url, so, config.rows_per_part))

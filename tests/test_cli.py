@@ -101,3 +101,11 @@ def test_no_fold_batchnorm_flag_reaches_the_config():
     base = ["run", "--input", "in", "--output", "out", "--model", "unet"]
     assert config_from_args(build_parser().parse_args(base)).fold_batchnorm is True
     assert config_from_args(build_parser().parse_args([*base, "--no-fold-batchnorm"])).fold_batchnorm is False
+
+
+def test_calls_per_actor_reaches_the_config():
+    from segbatch.cli import build_parser, config_from_args
+
+    base = ["run", "--input", "in", "--output", "out", "--model", "unet"]
+    assert config_from_args(build_parser().parse_args(base)).calls_per_actor is None  # 2 on a GPU, 1 on a CPU
+    assert config_from_args(build_parser().parse_args([*base, "--calls-per-actor", "3"])).calls_per_actor == 3

@@ -18,6 +18,7 @@ BASE = {"input": "in", "output": "out", "model": "unet"}
     ("precision", "fp8", "precision must be one of fp32, fp16, bf16, got 'fp8'"),
     ("channels_last", "yes", "channels_last must be true or false, got 'yes'"),
     ("fold_batchnorm", 1, "fold_batchnorm must be true or false, got 1"),
+    ("calls_per_actor", 0, "calls_per_actor must be an integer >= 1, got 0"),
     ("missing_labels", "skip", "missing_labels must be 'error' or 'ignore', got 'skip'"),
     ("input", "", "input must be a non-empty string"),
 ])

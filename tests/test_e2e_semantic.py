@@ -210,3 +210,20 @@ def test_masks_decode_to_the_label_maps_shape(result):
     for m in o["masks"][:10]:
         assert decode_rle(m["segmentation"]).shape == sizes[m["image_id"]]
         assert m["score"] is None
+
+
+def test_an_actor_taking_several_batches_at_once_gives_the_same_outputs(result, tmp_path):
+    config, first, _, o = result
+    out = tmp_path / "calls"
+    # Three calls in one actor: Ray Data batches inputs and outputs in their threads while
+    # one runs the model; nothing may be lost, doubled or mixed up between batches.
+    summary = run(JobConfig(**{**config.__dict__, "output": str(out), "calls_per_actor": 3, "batch_size": 2}))
+    assert summary.num_images == first.num_images and summary.num_errors == first.num_errors
+    again = read_outputs(out)
+
+    def masks(outputs):
+        return sorted((m["image_id"], m["category_id"], m["segmentation"]["counts"]) for m in outputs["masks"])
+
+    assert masks(again) == masks(o) and masks(o)
+    assert sorted((r["image_id"], r["status"]) for r in again["images"]) == \
+        sorted((r["image_id"], r["status"]) for r in o["images"])

@@ -59,11 +59,14 @@ def _started(log: str) -> dict[str, dict[str, str]]:
 
 def test_each_actor_gets_its_own_gpu_and_runs_on_the_cpu_without_cuda(gpu_cluster, sample_dir, tmp_path):
     rows, log = _run(gpu_cluster, sample_dir, tmp_path / "whole", "--actors", "2", "--cpus-per-actor", "1")
-    actors = _actors(rows)
-    assert set(actors) <= set(_started(log))
-    assert len(actors) == 2
-    assert sorted(a["gpus"] for a in actors.values()) == ["0", "1"]
-    assert all(a["device"] == "cpu" for a in actors.values())  # CUDA absent: clean CPU fallback
+    started = _started(log)
+    assert set(_actors(rows)) <= set(started)  # images ran on these actors
+    # (Which actors the few sample images land on is a race: a GPU actor takes in up to 4
+    # batches, 2 calls × Ray Data's 2 in flight per call, so the first one ready may get all.)
+    assert len(started) == 2, started
+    assert sorted(a["gpus"] for a in started.values()) == ["0", "1"]
+    assert all(a["device"] == "cpu" for a in started.values())  # CUDA absent: clean CPU fallback
+    assert "2 batch(es) in at once" in log  # a GPU actor's default: the next batch in while one runs
 
 
 def test_fractional_gpus_pack_two_actors_per_gpu(gpu_cluster, sample_dir, tmp_path):

@@ -122,3 +122,15 @@ def test_a_batch_per_image_and_all_at_once_give_the_reference_maps(via):
         assert maps.dtype == torch.uint8 and maps.shape == (3, 480, 640)
         assert torch.equal(maps.long(), expected)
     assert upsampled_argmax_batch(logits[:0], (480, 640), via=via).shape == (0, 480, 640)
+
+
+@pytest.mark.parametrize("max_bytes", [1, 4 * 21 * (480 * 640 + 520 * 693) * 2])
+def test_the_dense_batch_path_in_groups_bounded_by_bytes_gives_the_same_maps(max_bytes):
+    from segbatch.upsample import upsampled_argmax_batch
+
+    logits = torch.stack([blobs(21, 65, 87, seed) for seed in range(3)])
+    whole = upsampled_argmax_batch(logits, (480, 640), via=(520, 693), dense=True)
+    # 1 byte: one image at a time (never none); two images' intermediates: groups of 2 and 1.
+    grouped = upsampled_argmax_batch(logits, (480, 640), via=(520, 693), dense=True, max_bytes=max_bytes)
+    assert grouped.dtype == torch.uint8 and torch.equal(grouped, whole)
+    assert upsampled_argmax_batch(logits[:0], (480, 640), dense=True, max_bytes=max_bytes).shape == (0, 480, 640)

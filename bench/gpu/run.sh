@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On a lent GPU machine, from the repository root, with .whl/ (bench/gpu/wheels.sh) carried:
+# installs Ray and the rest into /tmp/site, then compares model-actor layouts on one GPU
+# against the same ceiling and plain loop, in fp32 and in bf16. Logs go to $OUT (or /tmp/out).
+# About 5 minutes on an H200 (machine start not included). Extra arguments go to each run.
+set -euo pipefail
+export PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/out}
+mkdir -p "$out" /tmp/site
+tar xJf .whl/ray-trim.tar.xz -C /tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+# Stray Ray processes of a run that timed out would hold the GPU. ("[r]aylet": a bare
+# pattern would match this script's own command line.)
+cleanup() { pkill -9 -f "[r]aylet" || true; pkill -9 -f "[g]cs_server" || true; }
+trap cleanup EXIT
+timeout 270 python3 bench/throughput.py --object-store-gb 8 --n 2048 --precision fp32 \
+  --models lraspp_mobilenet_v3_large,deeplabv3_mobilenet_v3_large --layouts 1x1:1,1x1:2,2x0.5,4x0.25 "$@" \
+  2>&1 | tee "$out/throughput_fp32.log"
+cleanup
+timeout 200 python3 bench/throughput.py --object-store-gb 8 --n 2048 --precision bf16 \
+  --models lraspp_mobilenet_v3_large --layouts 1x1,4x0.25 "$@" 2>&1 | tee "$out/throughput_bf16.log"
