@@ -459,7 +459,13 @@ def main() -> None:
         for layout in layouts:
             out = work / f"{name}.segbatch"
             shutil.rmtree(out, ignore_errors=True)
-            runs.append((layout, *segbatch_run(name, ckpt, work / "data" / "images", out, args, device, layout)))
+            measured = segbatch_run(name, ckpt, work / "data" / "images", out, args, device, layout)
+            runs.append((layout, *measured))
+            e2e, steady, first, ray_s, util, busy = measured
+            # Printed as each run ends, so that a run cut short by a time limit keeps them.
+            print(f"{name} [{layout}]: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), "
+                  f"steady {steady:.2f} img/s, first committed output {first:.1f} s after Ray was up, "
+                  f"actor_busy {busy:.2f}" + (f", GPU busy {util:.0f} %" if gpu else ""), flush=True)
         # The baselines again, after: on a shared machine a pass swings by ±20 %, and the best
         # pass of each baseline is what segbatch is held to. (A GPU machine is not shared.)
         c = ceil.measure()
@@ -468,9 +474,6 @@ def main() -> None:
             pl = max(pl, plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device))
         print(f"{name}: plain loop {pl:.2f} img/s (best pass)", flush=True)
         for layout, e2e, steady, first, ray_s, util, busy in runs:
-            print(f"{name} [{layout}]: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), "
-                  f"steady {steady:.2f} img/s, first committed output {first:.1f} s after Ray was up, "
-                  f"actors {100 * busy:.0f} % in the model" + (f", GPU busy {util:.0f} %" if gpu else ""), flush=True)
             results.append((name, Figures(c["torchvision"], c.get("segbatch", float("nan")), pl, e2e, steady, first,
                                           ray_s, util, ceil.best_util["torchvision"], busy, str(layout))))
     print()
