@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import tracemalloc
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,6 @@ import pytest
 from segbatch.config import IMAGE_EXTENSIONS
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
-from segbatch.io import listing
 from segbatch.io.listing import build_plan, open_labels
 
 
@@ -98,28 +98,44 @@ def test_folders_workers_cannot_see_are_refused_single_files_are_not(tmp_path):
         build_plan("https://example.invalid/imgs", None, IMAGE_EXTENSIONS)
     assert fsio.read_bytes("memory://lst/imgs/a.png") == b"x"  # single files the driver reads are fine
 
-def _python_peak_while_planning(root: Path, n: int) -> tuple[int, int]:
-    """(Python allocation peak in bytes, manifest rows) of planning ``n`` images with mask PNGs."""
+# Measured in a fresh interpreter: the test process is a Ray driver once the shared cluster is
+# up, and Ray's background threads (Ray Data usage reporting, gRPC) allocate Python objects
+# that tracemalloc would count as the listing's peak.
+_PEAKS = """
+import json, sys, tracemalloc
+from pathlib import Path
+from segbatch.config import IMAGE_EXTENSIONS
+from segbatch.io import listing
+from segbatch.io.listing import build_plan, open_labels
+
+listing.PAGE = 500
+out = []
+for folder, n in json.loads(sys.argv[1]):
+    root = Path(folder)
     for i in range(n):
-        touch(root / "in" / f"d{i % 10}" / f"{i:06d}.jpg", b"")
-        touch(root / "masks" / f"d{i % 10}" / f"{i:06d}.png", b"")
+        for sub, ext in (("in", "jpg"), ("masks", "png")):
+            path = root / sub / f"d{i % 10}" / f"{i:06d}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
     labels = open_labels(str(root / "masks"))
     tracemalloc.start()
-    try:
-        plan = build_plan(str(root / "in"), labels, IMAGE_EXTENSIONS)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert plan.manifest.column("label_uri").null_count == 0
-    return peak, plan.manifest.num_rows
+    plan = build_plan(str(root / "in"), labels, IMAGE_EXTENSIONS)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    out.append([peak, plan.manifest.num_rows, plan.manifest.column("label_uri").null_count])
+print(json.dumps(out))
+"""
 
 
-def test_listing_holds_one_page_of_paths_in_python_not_all_of_them(tmp_path, monkeypatch):
+def test_listing_holds_one_page_of_paths_in_python_not_all_of_them(tmp_path):
     # tracemalloc sees Python objects only: the manifest itself is Arrow memory. With pages
-    # of 500 paths, planning 8000 images must not hold much more Python than planning 1000.
-    monkeypatch.setattr(listing, "PAGE", 500)
-    _python_peak_while_planning(tmp_path / "warm-up", 10)  # first-call imports and caches are not the listing's
-    small, n_small = _python_peak_while_planning(tmp_path / "small", 1000)
-    large, n_large = _python_peak_while_planning(tmp_path / "large", 8000)
-    assert (n_small, n_large) == (1000, 8000)
+    # of 500 paths, planning 8000 images must not hold much more Python than planning 1000
+    # (holding every path would be ~8x: three strings of ~100 bytes per image).
+    runs = [[str(tmp_path / "warm-up"), 10],  # first-call imports and caches are not the listing's
+            [str(tmp_path / "small"), 1000], [str(tmp_path / "large"), 8000]]
+    done = subprocess.run([sys.executable, "-c", _PEAKS, json.dumps(runs)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    _, (small, n_small, missing_small), (large, n_large, missing_large) = json.loads(done.stdout)
+    assert (n_small, n_large, missing_small, missing_large) == (1000, 8000, 0, 0)
     assert large < 1.5 * small, (small, large)
