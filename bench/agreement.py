@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import bench_model, write_images  # noqa: E402
+from scratch import add_workdir_arg, scratch_dir  # noqa: E402
 
 
 def reference(name: str, model: torch.nn.Module, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -71,30 +71,31 @@ def main() -> None:
     p.add_argument("--models", default="lraspp_mobilenet_v3_large,deeplabv3_mobilenet_v3_large")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=8)
+    add_workdir_arg(p)
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sb-agree-"))
-    paths, labels = write_images(work, args.n, 640, 480)
-    configs = [("cpu", "fp32", False), ("cpu", "fp32", True)]
-    if args.device == "cuda":  # (channels-last does not apply in fp32 there: see use_channels_last)
-        configs += [("cuda", "fp32", False)] + [("cuda", prec, cl) for prec in ("bf16", "fp16") for cl in (False, True)]
-    for name in args.models.split(","):
-        model = bench_model(name, paths, labels, min_size=320)
-        ckpt = work / f"{name}.pth"
-        torch.save(model.state_dict(), ckpt)
-        ref = reference(name, model, paths)
-        for device, precision, cl in configs:
-            maps, cl = segbatch_maps(name, ckpt, paths, device, precision, cl, args.batch_size)
-            same = total = 0
-            worst_gap = 0.0
-            for m, (r, gap) in zip(maps, ref, strict=True):
-                diff = m.astype(np.int64) != r
-                same += int((~diff).sum())
-                total += diff.size
-                if diff.any():
-                    worst_gap = max(worst_gap, float(gap[diff].max()))
-            print(f"{name} device={device} precision={precision} layout={'channels_last' if cl else 'nchw'} "
-                  f"agreement={same / total:.7f} differing_pixels={total - same} of {total} "
-                  f"max_ref_top2_gap_where_differing={worst_gap:.2e}", flush=True)
+    with scratch_dir("sb-agree-", args.workdir) as work:
+        paths, labels = write_images(work, args.n, 640, 480)
+        configs = [("cpu", "fp32", False), ("cpu", "fp32", True)]
+        if args.device == "cuda":  # (channels-last does not apply in fp32 there: see use_channels_last)
+            configs += [("cuda", "fp32", False)] + [("cuda", prec, cl) for prec in ("bf16", "fp16") for cl in (False, True)]
+        for name in args.models.split(","):
+            model = bench_model(name, paths, labels, min_size=320)
+            ckpt = work / f"{name}.pth"
+            torch.save(model.state_dict(), ckpt)
+            ref = reference(name, model, paths)
+            for device, precision, cl in configs:
+                maps, cl = segbatch_maps(name, ckpt, paths, device, precision, cl, args.batch_size)
+                same = total = 0
+                worst_gap = 0.0
+                for m, (r, gap) in zip(maps, ref, strict=True):
+                    diff = m.astype(np.int64) != r
+                    same += int((~diff).sum())
+                    total += diff.size
+                    if diff.any():
+                        worst_gap = max(worst_gap, float(gap[diff].max()))
+                print(f"{name} device={device} precision={precision} layout={'channels_last' if cl else 'nchw'} "
+                      f"agreement={same / total:.7f} differing_pixels={total - same} of {total} "
+                      f"max_ref_top2_gap_where_differing={worst_gap:.2e}", flush=True)
 
 
 if __name__ == "__main__":

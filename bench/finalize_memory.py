@@ -20,7 +20,6 @@ import random
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from pycocotools import mask as mask_utils
 from segbatch.categories import build_eval_space
 from segbatch.export import PART_SCHEMA, write_part
 from segbatch.outdir import PARTS, OutDir
+from scratch import add_workdir_arg, scratch_dir
 
 CATEGORIES = ("background", "a", "b", "c")
 H, W = 480, 640
@@ -103,20 +103,21 @@ def main() -> None:
     p.add_argument("--masks-per-image", type=int, default=10)
     p.add_argument("--rows-per-part", type=int, default=64)
     p.add_argument("--finalize", help=argparse.SUPPRESS)
+    add_workdir_arg(p)
     args = p.parse_args()
     if args.finalize:
         run_finalize(args.finalize)
         return
-    work = Path(tempfile.mkdtemp(prefix="sb-finalize-"))
-    figures = []
-    for n in (args.annotations // 10, args.annotations):
-        peak, seconds, n_parts = measure(work, n, args.masks_per_image, args.rows_per_part)
-        n_after = len(OutDir.open(str(work / f"out-{n}")).part_files())
-        coco_mb = (work / f"out-{n}" / "predictions.coco.json").stat().st_size / 2**20
-        print(f"{n} annotations ({n // args.masks_per_image} images, {n_parts} parts -> {n_after} after compaction): "
-              f"finalize peak {peak:.0f} MiB, {seconds:.1f} s, predictions.coco.json {coco_mb:.0f} MiB")
-        figures.append(peak)
-    print(f"finalize_peak_rss_mb A={figures[0]:.0f} 10A={figures[1]:.0f} ratio={figures[1] / figures[0]:.2f}")
+    with scratch_dir("sb-finalize-", args.workdir) as work:
+        figures = []
+        for n in (args.annotations // 10, args.annotations):
+            peak, seconds, n_parts = measure(work, n, args.masks_per_image, args.rows_per_part)
+            n_after = len(OutDir.open(str(work / f"out-{n}")).part_files())
+            coco_mb = (work / f"out-{n}" / "predictions.coco.json").stat().st_size / 2**20
+            print(f"{n} annotations ({n // args.masks_per_image} images, {n_parts} parts -> {n_after} after compaction): "
+                  f"finalize peak {peak:.0f} MiB, {seconds:.1f} s, predictions.coco.json {coco_mb:.0f} MiB")
+            figures.append(peak)
+        print(f"finalize_peak_rss_mb A={figures[0]:.0f} 10A={figures[1]:.0f} ratio={figures[1] / figures[0]:.2f}")
 
 
 if __name__ == "__main__":

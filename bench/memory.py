@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from scratch import add_workdir_arg, scratch_dir
 
 
 def _children() -> dict[int, list[int]]:
@@ -94,14 +95,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
+    add_workdir_arg(p)
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sb-mem-"))
-    base = tree_rss_mb(os.getpid())
-    small, t_small = one_size(args.n, work, args.batch_size)
-    large, t_large = one_size(10 * args.n, work, args.batch_size)
-    print(f"driver alone before Ray: {base:.0f} MiB")
-    print(f"N={args.n}: peak {small:.0f} MiB, {t_small:.1f} s; 10N={10 * args.n}: peak {large:.0f} MiB, {t_large:.1f} s")
-    print(f"peak_rss_mb N={small:.0f} 10N={large:.0f} ratio={large / small:.2f}")
+    with scratch_dir("sb-mem-", args.workdir) as work:
+        base = tree_rss_mb(os.getpid())
+        small, t_small = one_size(args.n, work, args.batch_size)
+        large, t_large = one_size(10 * args.n, work, args.batch_size)
+        print(f"driver alone before Ray: {base:.0f} MiB")
+        print(f"N={args.n}: peak {small:.0f} MiB, {t_small:.1f} s; 10N={10 * args.n}: peak {large:.0f} MiB, {t_large:.1f} s")
+        print(f"peak_rss_mb N={small:.0f} 10N={large:.0f} ratio={large / small:.2f}")
 
 
 if __name__ == "__main__":

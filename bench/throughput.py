@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +43,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.models import get_model_builder, get_model_weights
 from torchvision.transforms.functional import pil_to_tensor
+
+from scratch import add_workdir_arg, scratch_dir
 
 DEFAULT_MODELS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "maskrcnn_resnet50_fpn")
 INSTANCE = {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"}
@@ -420,7 +421,7 @@ def main() -> None:
     p.add_argument("--min-size", type=int, default=320, help="Mask R-CNN's shorter side (default 320)")
     p.add_argument("--nchw", action="store_true", help="run segbatch with --no-channels-last")
     p.add_argument("--no-fold", action="store_true", help="run segbatch with --no-fold-batchnorm")
-    p.add_argument("--workdir", default=None)
+    add_workdir_arg(p)
     args = p.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -431,60 +432,60 @@ def main() -> None:
         [Layout(args.actors, args.gpus_per_actor)]
     if not gpu:
         layouts = [Layout(la.actors, 0.0, la.calls) for la in layouts]
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="sb-bench-"))
-    t0 = time.perf_counter()
-    paths, labels = write_images(work / "data", args.n, args.width, args.height)
-    print(f"{args.n} JPEGs {args.width}x{args.height} (written in {time.perf_counter() - t0:.1f} s), {os.cpu_count()} CPUs, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
-          f"actors x GPUs {','.join(map(str, layouts))}, {args.cpus_per_actor:g} CPU each, torch threads {args.torch_threads}, "
-          f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
-          f"device {device}"
-          + (f" ({torch.cuda.get_device_name(0)}, {args.precision})"
-             if gpu else ""), flush=True)
-    results: list[tuple[str, Figures]] = []
-    for name in args.models.split(","):
-        model = bench_model(name, paths, labels, args.min_size)
-        ckpt = work / f"{name}.pth"
-        torch.save(model.state_dict(), ckpt)
-        ceil = Ceiling(name, ckpt, paths[:args.ceiling_n], args.min_size, device, args.precision,
-                       channels_last=not args.nchw, fold_batchnorm=not args.no_fold)
-        # The ceiling is the model at its best batch size: on a CPU, one image per forward pass
-        # is often fastest (the activations of a batch fall out of cache); a GPU wants more.
-        ceil.measure(sorted({args.batch_size, 4 * args.batch_size} if gpu else {1, args.batch_size}))
-        model = model.to(device)
-        plain_paths = paths[:args.plain_n]
-        pl = plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device)
-        print(f"{name}: plain loop {pl:.2f} img/s", flush=True)
-        runs = []
-        for layout in layouts:
-            out = work / f"{name}.segbatch"
-            shutil.rmtree(out, ignore_errors=True)
-            measured = segbatch_run(name, ckpt, work / "data" / "images", out, args, device, layout)
-            runs.append((layout, *measured))
-            e2e, steady, first, ray_s, util, busy = measured
-            # Printed as each run ends, so that a run cut short by a time limit keeps them.
-            print(f"{name} [{layout}]: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), "
-                  f"steady {steady:.2f} img/s, first committed output {first:.1f} s after Ray was up, "
-                  f"actor_busy {busy:.2f}" + (f", GPU busy {util:.0f} %" if gpu else ""), flush=True)
-        # The baselines again, after: on a shared machine a pass swings by ±20 %, and the best
-        # pass of each baseline is what segbatch is held to. (A GPU machine is not shared.)
-        c = ceil.measure()
-        print(f"{name}: ceiling {c} img/s (best pass)", flush=True)
-        if not gpu:
-            pl = max(pl, plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device))
-        print(f"{name}: plain loop {pl:.2f} img/s (best pass)", flush=True)
-        for layout, e2e, steady, first, ray_s, util, busy in runs:
-            results.append((name, Figures(c["torchvision"], c.get("segbatch", float("nan")), pl, e2e, steady, first,
-                                          ray_s, util, ceil.best_util["torchvision"], busy, str(layout))))
-    print()
-    for name, f in results:
-        print(f"{name} ceiling={f.ceiling:.2f} plain={f.plain:.2f} segbatch={f.segbatch:.2f} img/s "
-              f"steady={f.steady:.2f} first_output_s={f.first_output_s:.1f} "
-              f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f} "
-              f"ceiling_sb={f.ceiling_sb:.2f} ratio_ceiling_sb={f.steady / f.ceiling_sb:.2f} "
-              f"layout={f.layout} actor_busy={f.actor_busy:.2f}"
-              + (f" ratio_plain_steady={f.steady / f.plain:.2f} gpu_util={f.gpu_util:.0f} "
-                 f"ceiling_gpu_util={f.ceiling_util:.0f}" if gpu else ""))
+    with scratch_dir("sb-bench-", args.workdir) as work:
+        t0 = time.perf_counter()
+        paths, labels = write_images(work / "data", args.n, args.width, args.height)
+        print(f"{args.n} JPEGs {args.width}x{args.height} (written in {time.perf_counter() - t0:.1f} s), {os.cpu_count()} CPUs, torch {torch.__version__} "
+              f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
+              f"actors x GPUs {','.join(map(str, layouts))}, {args.cpus_per_actor:g} CPU each, torch threads {args.torch_threads}, "
+              f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
+              f"device {device}"
+              + (f" ({torch.cuda.get_device_name(0)}, {args.precision})"
+                 if gpu else ""), flush=True)
+        results: list[tuple[str, Figures]] = []
+        for name in args.models.split(","):
+            model = bench_model(name, paths, labels, args.min_size)
+            ckpt = work / f"{name}.pth"
+            torch.save(model.state_dict(), ckpt)
+            ceil = Ceiling(name, ckpt, paths[:args.ceiling_n], args.min_size, device, args.precision,
+                           channels_last=not args.nchw, fold_batchnorm=not args.no_fold)
+            # The ceiling is the model at its best batch size: on a CPU, one image per forward pass
+            # is often fastest (the activations of a batch fall out of cache); a GPU wants more.
+            ceil.measure(sorted({args.batch_size, 4 * args.batch_size} if gpu else {1, args.batch_size}))
+            model = model.to(device)
+            plain_paths = paths[:args.plain_n]
+            pl = plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device)
+            print(f"{name}: plain loop {pl:.2f} img/s", flush=True)
+            runs = []
+            for layout in layouts:
+                out = work / f"{name}.segbatch"
+                shutil.rmtree(out, ignore_errors=True)
+                measured = segbatch_run(name, ckpt, work / "data" / "images", out, args, device, layout)
+                runs.append((layout, *measured))
+                e2e, steady, first, ray_s, util, busy = measured
+                # Printed as each run ends, so that a run cut short by a time limit keeps them.
+                print(f"{name} [{layout}]: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), "
+                      f"steady {steady:.2f} img/s, first committed output {first:.1f} s after Ray was up, "
+                      f"actor_busy {busy:.2f}" + (f", GPU busy {util:.0f} %" if gpu else ""), flush=True)
+            # The baselines again, after: on a shared machine a pass swings by ±20 %, and the best
+            # pass of each baseline is what segbatch is held to. (A GPU machine is not shared.)
+            c = ceil.measure()
+            print(f"{name}: ceiling {c} img/s (best pass)", flush=True)
+            if not gpu:
+                pl = max(pl, plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device))
+            print(f"{name}: plain loop {pl:.2f} img/s (best pass)", flush=True)
+            for layout, e2e, steady, first, ray_s, util, busy in runs:
+                results.append((name, Figures(c["torchvision"], c.get("segbatch", float("nan")), pl, e2e, steady, first,
+                                              ray_s, util, ceil.best_util["torchvision"], busy, str(layout))))
+        print()
+        for name, f in results:
+            print(f"{name} ceiling={f.ceiling:.2f} plain={f.plain:.2f} segbatch={f.segbatch:.2f} img/s "
+                  f"steady={f.steady:.2f} first_output_s={f.first_output_s:.1f} "
+                  f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f} "
+                  f"ceiling_sb={f.ceiling_sb:.2f} ratio_ceiling_sb={f.steady / f.ceiling_sb:.2f} "
+                  f"layout={f.layout} actor_busy={f.actor_busy:.2f}"
+                  + (f" ratio_plain_steady={f.steady / f.plain:.2f} gpu_util={f.gpu_util:.0f} "
+                     f"ceiling_gpu_util={f.ceiling_util:.0f}" if gpu else ""))
 
 
 if __name__ == "__main__":
