@@ -8,7 +8,7 @@ CHROMIUM := /usr/bin/chromium
 # apt needs root: plain as root (CI, containers), through sudo otherwise.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install browser clean
+.PHONY: demo test lint install browser clean
 
 install: $(STAMP)
 
@@ -29,7 +29,13 @@ browser: $(CHROMIUM)
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive sh -c "apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)"
 
-test: $(STAMP) $(CHROMIUM)
+# Lint, format and types first (seconds), then the suite.
+lint: $(STAMP)
+	$(BIN)/ruff check segbatch tests bench jobs scripts
+	$(BIN)/ruff format --check segbatch tests bench jobs scripts
+	$(BIN)/mypy
+
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 clean:

@@ -3,7 +3,7 @@ precision and layout — the figure an option that changes numbers must state.
 
 The reference is the seed's recipe in float32 on the CPU: torchvision's preset transforms,
 ``model(x)["out"]``, bilinear to the original size, argmax. segbatch's side is its
-:class:`~segbatch.predictor.Predictor` on the same images (segbatch's read stage: decode,
+:class:`~segbatch.stages.predict.Predictor` on the same images (segbatch's read stage: decode,
 resize), one configuration at a time. Models and images as ``bench/throughput.py`` makes
 them (seeded, BatchNorm calibrated, head fitted on generated labels). Run::
 
@@ -27,8 +27,8 @@ from torchvision.models import get_model_weights
 from torchvision.transforms.functional import pil_to_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import bench_model, write_images  # noqa: E402
-from scratch import add_workdir_arg, scratch_dir  # noqa: E402
+from scratch import add_workdir_arg, scratch_dir
+from throughput import bench_model, write_images
 
 
 def reference(name: str, model: torch.nn.Module, paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -45,19 +45,26 @@ def reference(name: str, model: torch.nn.Module, paths: list[Path]) -> list[tupl
     return out
 
 
-def segbatch_maps(name: str, ckpt: Path, paths: list[Path], device: str, precision: str,
-                  channels_last: bool, batch: int) -> tuple[list[np.ndarray], bool]:
+def segbatch_maps(
+    name: str, ckpt: Path, paths: list[Path], device: str, precision: str, channels_last: bool, batch: int
+) -> tuple[list[np.ndarray], bool]:
     """segbatch's class maps ``(H, W) uint8``, and whether channels-last applied there."""
     from segbatch.models.registry import ModelOptions, get_model_spec
     from segbatch.models.weights import resolve_weights
-    from segbatch.predictor import Predictor
-    from segbatch.read import read_batch
+    from segbatch.stages.predict import Predictor
+    from segbatch.stages.read import read_batch
 
-    pred = Predictor(name, resolve_weights(get_model_spec(name), str(ckpt)), ModelOptions(),
-                     precision=precision, channels_last=channels_last, device=device)
+    pred = Predictor(
+        name,
+        resolve_weights(get_model_spec(name), str(ckpt)),
+        ModelOptions(),
+        precision=precision,
+        channels_last=channels_last,
+        device=device,
+    )
     maps: list[np.ndarray] = []
     for i in range(0, len(paths), batch):
-        uris = np.array([str(p) for p in paths[i: i + batch]], dtype=object)
+        uris = np.array([str(p) for p in paths[i : i + batch]], dtype=object)
         rows = read_batch({"uri": uris}, pred.preprocess)
         out = pred(rows)
         assert all(s == "ok" for s in out["status"]), out["error"]
@@ -77,7 +84,9 @@ def main() -> None:
         paths, labels = write_images(work, args.n, 640, 480)
         configs = [("cpu", "fp32", False), ("cpu", "fp32", True)]
         if args.device == "cuda":  # (channels-last does not apply in fp32 there: see use_channels_last)
-            configs += [("cuda", "fp32", False)] + [("cuda", prec, cl) for prec in ("bf16", "fp16") for cl in (False, True)]
+            configs += [("cuda", "fp32", False)] + [
+                ("cuda", prec, cl) for prec in ("bf16", "fp16") for cl in (False, True)
+            ]
         for name in args.models.split(","):
             model = bench_model(name, paths, labels, min_size=320)
             ckpt = work / f"{name}.pth"
@@ -93,9 +102,12 @@ def main() -> None:
                     total += diff.size
                     if diff.any():
                         worst_gap = max(worst_gap, float(gap[diff].max()))
-                print(f"{name} device={device} precision={precision} layout={'channels_last' if cl else 'nchw'} "
-                      f"agreement={same / total:.7f} differing_pixels={total - same} of {total} "
-                      f"max_ref_top2_gap_where_differing={worst_gap:.2e}", flush=True)
+                print(
+                    f"{name} device={device} precision={precision} layout={'channels_last' if cl else 'nchw'} "
+                    f"agreement={same / total:.7f} differing_pixels={total - same} of {total} "
+                    f"max_ref_top2_gap_where_differing={worst_gap:.2e}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Side by side on one local Ray cluster, for a manifest of ``--n`` images in batches of
 ``--batch-size``: one driver-made Arrow block per batch (``ray.data.from_arrow``, what
 segbatch did before) against segbatch's feed (batch indices through ``ray.data.from_items`` in at
-most ``FEED_BLOCKS`` blocks, rows cut in the tasks by :func:`segbatch.feed.manifest_slices`).
+most ``FEED_BLOCKS`` blocks, rows cut in the tasks by :func:`segbatch.stages.feed.manifest_slices`).
 No image is read: this isolates the plumbing::
 
     .venv/bin/python bench/feed.py [--n 100000] [--batch-size 8]
@@ -19,8 +19,8 @@ import time
 import pyarrow as pa
 import ray
 
-from segbatch.feed import manifest_slices
 from segbatch.pipeline import FEED_BLOCKS
+from segbatch.stages.feed import manifest_slices
 
 
 def main() -> None:
@@ -31,8 +31,12 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     ray.data.range(10).take(1)  # Ray Data's own first-use start-up, out of both figures
     n, bs = args.n, args.batch_size
-    todo = pa.table({"image_id": pa.array(range(1, n + 1), pa.int64()),
-                     "uri": pa.array([f"s3://bucket/images/{i:08d}.jpg" for i in range(n)])})
+    todo = pa.table(
+        {
+            "image_id": pa.array(range(1, n + 1), pa.int64()),
+            "uri": pa.array([f"s3://bucket/images/{i:08d}.jpg" for i in range(n)]),
+        }
+    )
     num_batches = -(-n // bs)
 
     t0 = time.perf_counter()
@@ -48,8 +52,10 @@ def main() -> None:
     first = next(iter(ds.iter_batches(batch_size=bs)))
     t_indices = time.perf_counter() - t0
     assert first["image_id"][0] == 1
-    print(f"{n} images, {num_batches} batches of {bs}: from_arrow {t_arrow:.1f} s, "
-          f"indices in {min(num_batches, FEED_BLOCKS)} blocks {t_indices:.1f} s")
+    print(
+        f"{n} images, {num_batches} batches of {bs}: from_arrow {t_arrow:.1f} s, "
+        f"indices in {min(num_batches, FEED_BLOCKS)} blocks {t_indices:.1f} s"
+    )
     print(f"feed_first_batch_s from_arrow={t_arrow:.1f} indices={t_indices:.1f} ratio={t_arrow / t_indices:.1f}")
 
 

@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
+from scratch import add_workdir_arg, scratch_dir
 
 from segbatch.categories import build_eval_space
-from segbatch.export import PART_SCHEMA, write_part
-from segbatch.outdir import PARTS, OutDir
-from scratch import add_workdir_arg, scratch_dir
+from segbatch.outputs.folder import PARTS, OutDir
+from segbatch.outputs.parts import write_part
+from segbatch.outputs.schema import PART_SCHEMA
 
 CATEGORIES = ("background", "a", "b", "c")
 H, W = 480, 640
@@ -45,8 +46,13 @@ def mask_pool(n: int, seed: int) -> list[dict]:
         cy, cx, ry, rx = rng.uniform(40, H - 40), rng.uniform(40, W - 40), rng.uniform(10, 120), rng.uniform(10, 160)
         m = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8)
         rle = mask_utils.encode(np.asfortranarray(m))
-        pool.append({"area": int(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                     "segmentation": {"size": [H, W], "counts": rle["counts"].decode()}})
+        pool.append(
+            {
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "segmentation": {"size": [H, W], "counts": rle["counts"].decode()},
+            }
+        )
     return pool
 
 
@@ -57,26 +63,46 @@ def write_state(out: OutDir, n_images: int, masks_per_image: int, rows_per_part:
     random.Random(0).shuffle(ids)
     for start in range(0, n_images, rows_per_part):
         rows = []
-        for i in ids[start: start + rows_per_part]:
-            masks = [{**pool[(i * 7 + k) % len(pool)], "category_id": 1 + k % 3, "category": CATEGORIES[1 + k % 3]}
-                     for k in range(masks_per_image)]
-            rows.append({"image_id": i, "file_name": f"img/{i:08d}.jpg", "uri": f"s3://bucket/img/{i:08d}.jpg",
-                         "width": W, "height": H, "status": "ok", "labeled": False,
-                         "num_masks": masks_per_image, "masks": masks})
+        for i in ids[start : start + rows_per_part]:
+            masks = [
+                {**pool[(i * 7 + k) % len(pool)], "category_id": 1 + k % 3, "category": CATEGORIES[1 + k % 3]}
+                for k in range(masks_per_image)
+            ]
+            rows.append(
+                {
+                    "image_id": i,
+                    "file_name": f"img/{i:08d}.jpg",
+                    "uri": f"s3://bucket/img/{i:08d}.jpg",
+                    "width": W,
+                    "height": H,
+                    "status": "ok",
+                    "labeled": False,
+                    "num_masks": masks_per_image,
+                    "masks": masks,
+                }
+            )
         write_part(pa.Table.from_pylist(rows, schema=PART_SCHEMA), out.url_of(PARTS))
     out.write_json("bench.json", {"n_images": n_images})
 
 
 def run_finalize(root: str) -> None:
     """Child process: finalize ``root`` as a run would."""
-    from segbatch.finalize import FinalizeSpec, finalize
+    from segbatch.outputs.finalize import FinalizeSpec, finalize
 
     out = OutDir.open(root)
     n = out.read_json("bench.json")["n_images"]
     space = build_eval_space(CATEGORIES, 0, None)
-    finalize(out, set(range(1, n + 1)), FinalizeSpec(
-        task="semantic", categories=CATEGORIES, background=0, eval_classes=space.to_dict(),
-        coco_info={"description": "bench"}))
+    finalize(
+        out,
+        set(range(1, n + 1)),
+        FinalizeSpec(
+            task="semantic",
+            categories=CATEGORIES,
+            background=0,
+            eval_classes=space.to_dict(),
+            coco_info={"description": "bench"},
+        ),
+    )
 
 
 def measure(work: Path, n_annotations: int, masks_per_image: int, rows_per_part: int) -> tuple[float, float, int]:
@@ -114,8 +140,10 @@ def main() -> None:
             peak, seconds, n_parts = measure(work, n, args.masks_per_image, args.rows_per_part)
             n_after = len(OutDir.open(str(work / f"out-{n}")).part_files())
             coco_mb = (work / f"out-{n}" / "predictions.coco.json").stat().st_size / 2**20
-            print(f"{n} annotations ({n // args.masks_per_image} images, {n_parts} parts -> {n_after} after compaction): "
-                  f"finalize peak {peak:.0f} MiB, {seconds:.1f} s, predictions.coco.json {coco_mb:.0f} MiB")
+            print(
+                f"{n} annotations ({n // args.masks_per_image} images, {n_parts} parts -> {n_after} after compaction): "
+                f"finalize peak {peak:.0f} MiB, {seconds:.1f} s, predictions.coco.json {coco_mb:.0f} MiB"
+            )
             figures.append(peak)
         print(f"finalize_peak_rss_mb A={figures[0]:.0f} 10A={figures[1]:.0f} ratio={figures[1] / figures[0]:.2f}")
 

@@ -80,11 +80,20 @@ def one_size(n: int, work: Path, batch_size: int) -> tuple[float, float]:
         write_sample_dataset(str(data), n, seed=n)
     t0 = time.perf_counter()
     with PeakSampler() as sampler:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR",
-                 object_store_memory=500_000_000)
+        ray.init(
+            num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", object_store_memory=500_000_000
+        )
         try:
-            summary = run(JobConfig(input=str(data / "images"), labels=str(data / "masks"), output=str(work / f"out-{n}"),
-                                    model="unet", batch_size=batch_size, report=False))
+            summary = run(
+                JobConfig(
+                    input=str(data / "images"),
+                    labels=str(data / "masks"),
+                    output=str(work / f"out-{n}"),
+                    model="unet",
+                    batch_size=batch_size,
+                    report=False,
+                )
+            )
         finally:
             ray.shutdown()
     assert summary.num_images == n and summary.num_errors == 0
@@ -102,7 +111,10 @@ def main() -> None:
         small, t_small = one_size(args.n, work, args.batch_size)
         large, t_large = one_size(10 * args.n, work, args.batch_size)
         print(f"driver alone before Ray: {base:.0f} MiB")
-        print(f"N={args.n}: peak {small:.0f} MiB, {t_small:.1f} s; 10N={10 * args.n}: peak {large:.0f} MiB, {t_large:.1f} s")
+        print(
+            f"N={args.n}: peak {small:.0f} MiB, {t_small:.1f} s; "
+            f"10N={10 * args.n}: peak {large:.0f} MiB, {t_large:.1f} s"
+        )
         print(f"peak_rss_mb N={small:.0f} 10N={large:.0f} ratio={large / small:.2f}")
 
 

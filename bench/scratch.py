@@ -17,9 +17,11 @@ from pathlib import Path
 
 def add_workdir_arg(parser: argparse.ArgumentParser) -> None:
     """``--workdir DIR``: write there and keep it (default: a temp folder, removed at the end)."""
-    parser.add_argument("--workdir", default=None,
-                        help="write the run's data and outputs here and keep them "
-                             "(default: a temp folder, removed when the run ends)")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="write the run's data and outputs here and keep them (default: a temp folder, removed when the run ends)",
+    )
 
 
 @contextmanager

@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scratch import add_workdir_arg, scratch_dir
 from torchvision.models import get_model_builder, get_model_weights
 from torchvision.transforms.functional import pil_to_tensor
 
-from scratch import add_workdir_arg, scratch_dir
-
 DEFAULT_MODELS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "maskrcnn_resnet50_fpn")
 INSTANCE = {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"}
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -93,7 +93,9 @@ def write_images(root: Path, n: int, width: int, height: int) -> tuple[list[Path
     return paths, labels
 
 
-def bench_model(name: str, paths: list[Path], labels: list[np.ndarray], min_size: int, steps: int = 40) -> torch.nn.Module:
+def bench_model(
+    name: str, paths: list[Path], labels: list[np.ndarray], min_size: int, steps: int = 40
+) -> torch.nn.Module:
     """A seeded torchvision model; BN statistics calibrated on a few of the images; a
     semantic model's head then fitted on ``labels`` (``steps`` Adam steps, backbone frozen)."""
     torch.manual_seed(0)
@@ -106,7 +108,7 @@ def bench_model(name: str, paths: list[Path], labels: list[np.ndarray], min_size
             m.momentum = None
             m.reset_running_stats()
     transform = get_model_weights(name).DEFAULT.transforms()
-    x = torch.stack([transform(pil_to_tensor(Image.open(p).convert("RGB"))) for p in paths[:len(labels)]])
+    x = torch.stack([transform(pil_to_tensor(Image.open(p).convert("RGB"))) for p in paths[: len(labels)]])
     model.train()
     with torch.no_grad():
         model(x[:8])
@@ -115,7 +117,7 @@ def bench_model(name: str, paths: list[Path], labels: list[np.ndarray], min_size
     # after heavy layers (ASPP): fit that one on the cached output of the rest.
     head = model.classifier if name.startswith("lraspp") else model.classifier[-1]
     with torch.no_grad():
-        features = [model.backbone(x[i: i + 4]) for i in range(0, len(x), 4)]
+        features = [model.backbone(x[i : i + 4]) for i in range(0, len(x), 4)]
         if head is not model.classifier:
             rest = torch.nn.Sequential(*list(model.classifier)[:-1])
             features = [rest(f["out"]) for f in features]
@@ -127,12 +129,14 @@ def bench_model(name: str, paths: list[Path], labels: list[np.ndarray], min_size
         k = step % len(features)
         out = head(features[k])
         out = F.interpolate(out, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(out, y[4 * k: 4 * k + 4], ignore_index=255)
+        loss = F.cross_entropy(out, y[4 * k : 4 * k + 4], ignore_index=255)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"  {name}: head fitted on {len(labels)} labels in {time.perf_counter() - t0:.1f} s, loss {loss.item():.3f}",
-          flush=True)
+    print(
+        f"  {name}: head fitted on {len(labels)} labels in {time.perf_counter() - t0:.1f} s, loss {loss.item():.3f}",
+        flush=True,
+    )
     return model.eval()
 
 
@@ -146,9 +150,17 @@ class Ceiling:
     shared machine a single pass swings by ±20 %.
     """
 
-    def __init__(self, name: str, ckpt: Path, paths: list[Path], min_size: int,
-                 device: torch.device = torch.device("cpu"), precision: str = "fp32",
-                 channels_last: bool = True, fold_batchnorm: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        ckpt: Path,
+        paths: list[Path],
+        min_size: int,
+        device: torch.device = CPU,
+        precision: str = "fp32",
+        channels_last: bool = True,
+        fold_batchnorm: bool = True,
+    ) -> None:
         import copy
 
         from segbatch.io.images import decode_image
@@ -157,26 +169,38 @@ class Ceiling:
 
         spec = get_model_spec(name)
         self.name = name
-        loaded = load_model(spec, resolve_weights(spec, str(ckpt)),
-                            ModelOptions(min_size=min_size if name in INSTANCE else None))
+        loaded = load_model(
+            spec, resolve_weights(spec, str(ckpt)), ModelOptions(min_size=min_size if name in INSTANCE else None)
+        )
         pre = loaded.preprocess
         # On a GPU the inputs wait on the device: the ceiling is the model, not the copies.
-        self.tensors = [pre.normalize(torch.from_numpy(pre.resize_chw(decode_image(p.read_bytes())))[None])[0]
-                        .to(device) for p in paths]
+        self.tensors = [
+            pre.normalize(torch.from_numpy(pre.resize_chw(decode_image(p.read_bytes())))[None])[0].to(device)
+            for p in paths
+        ]
         self.device = device
-        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if device.type == "cuda" else None
+        self.autocast = (
+            {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if device.type == "cuda" else None
+        )
         self.modules = {"torchvision": copy.deepcopy(loaded.module).to(device)}
         self.layout_cl = {"torchvision": False}
         if name not in INSTANCE:
             # The model as segbatch's predictor runs it (BatchNorm folded; channels-last
             # where that applies), built by the predictor itself.
-            from segbatch.predictor import Predictor
+            from segbatch.stages.predict import Predictor
 
-            pred = Predictor(name, resolve_weights(spec, str(ckpt)), ModelOptions(), precision=precision,
-                             channels_last=channels_last, fold_batchnorm=fold_batchnorm, device=device)
+            pred = Predictor(
+                name,
+                resolve_weights(spec, str(ckpt)),
+                ModelOptions(),
+                precision=precision,
+                channels_last=channels_last,
+                fold_batchnorm=fold_batchnorm,
+                device=device,
+            )
             self.modules["segbatch"], self.layout_cl["segbatch"] = pred.module, pred.channels_last
-        self.best = {layout: 0.0 for layout in self.modules}
-        self.best_batch = {layout: 1 for layout in self.modules}
+        self.best = dict.fromkeys(self.modules, 0.0)
+        self.best_batch = dict.fromkeys(self.modules, 1)
         self.best_util = {layout: float("nan") for layout in self.modules}
 
     def measure(self, batch_sizes: list[int] | None = None) -> dict[str, float]:
@@ -187,8 +211,11 @@ class Ceiling:
                 with GpuLoad(self.device) as load:
                     rate = self._pass(module, bs, channels_last=self.layout_cl[layout])
                 util = load.mean()
-                print(f"  ceiling {layout} at batch {bs}: {rate:.2f} img/s"
-                      + (f", GPU busy {util:.0f} %" if util == util else ""), flush=True)
+                print(
+                    f"  ceiling {layout} at batch {bs}: {rate:.2f} img/s"
+                    + (f", GPU busy {util:.0f} %" if util == util else ""),
+                    flush=True,
+                )
                 if rate > self.best[layout]:
                     self.best[layout], self.best_batch[layout], self.best_util[layout] = rate, bs, util
         return dict(self.best)
@@ -200,12 +227,14 @@ class Ceiling:
 
         def forward(i: int) -> None:
             if self.name in INSTANCE:
-                module(tensors[i: i + bs])
+                module(tensors[i : i + bs])
             else:
-                module(torch.stack(tensors[i: i + bs]).contiguous(memory_format=fmt))
+                module(torch.stack(tensors[i : i + bs]).contiguous(memory_format=fmt))
 
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
-                                                    enabled=self.autocast is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None),
+        ):
             forward(0)  # warm-up
             _sync(cuda)
             t0 = time.perf_counter()
@@ -264,8 +293,7 @@ class GpuLoad:
         return sum(window) / len(window) if window else float("nan")
 
 
-def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path,
-               device: torch.device = torch.device("cpu")) -> float:
+def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path, device: torch.device = CPU) -> float:
     """img/s of the seed's snippet, single process, default torch threads; on a GPU the
     model, the resampling and the argmax run there (as the snippet with ``.to("cuda")``)."""
     weights = get_model_weights(name).DEFAULT
@@ -289,10 +317,18 @@ def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path,
         images.append({"id": image_id, "file_name": path.name, "width": img.width, "height": img.height})
         for m, c, s in found:
             rle = mask_utils.encode(np.asfortranarray(m))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": c, "score": s,
-                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                                "area": int(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(),
-                                "iscrowd": 1})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": c,
+                    "score": s,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                    "area": int(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "iscrowd": 1,
+                }
+            )
     with open(out, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": []}, f)
     return len(paths) / (time.perf_counter() - t0)
@@ -323,8 +359,9 @@ class Layout:
         return f"{self.actors}x{self.gpus:g}" + (f":{self.calls}" if self.calls else "")
 
 
-def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.Namespace,
-                 device: torch.device, layout: Layout) -> tuple[float, float, float, float, float, float]:
+def segbatch_run(
+    name: str, ckpt: Path, images: Path, out: Path, args: argparse.Namespace, device: torch.device, layout: Layout
+) -> tuple[float, float, float, float, float, float]:
     """(end-to-end img/s incl. Ray start, steady img/s, first output s after Ray up, Ray start s,
     mean GPU utilisation % in the steady state or NaN, actor busy share in the steady state)."""
     import pyarrow as pa
@@ -335,9 +372,13 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
     from segbatch import JobConfig, run
 
     t0 = time.time()
-    ray.init(num_cpus=args.ray_cpus or os.cpu_count(), num_gpus=1 if device.type == "cuda" else 0,
-             include_dashboard=False, logging_level="ERROR",
-             object_store_memory=int(args.object_store_gb * 1e9))
+    ray.init(
+        num_cpus=args.ray_cpus or os.cpu_count(),
+        num_gpus=1 if device.type == "cuda" else 0,
+        include_dashboard=False,
+        logging_level="ERROR",
+        object_store_memory=int(args.object_store_gb * 1e9),
+    )
     t_up = time.time()
     commits: dict[str, tuple[float, int, float]] = {}  # part file → (first seen, rows, Σ t_predict)
     stop = threading.Event()
@@ -360,14 +401,26 @@ def segbatch_run(name: str, ckpt: Path, images: Path, out: Path, args: argparse.
     load = GpuLoad(device)
     try:
         with load:
-            summary = run(JobConfig(input=str(images), output=str(out), model=name, weights=str(ckpt),
-                                    batch_size=args.batch_size, rows_per_part=args.batch_size,
-                                    cpus_per_actor=args.cpus_per_actor, actors=layout.actors, calls_per_actor=layout.calls,
-                                    gpus_per_actor=layout.gpus if device.type == "cuda" else 0.0,
-                                    torch_threads=args.torch_threads, channels_last=not args.nchw,
-                                    fold_batchnorm=not args.no_fold,
-                                    precision=args.precision,
-                                    min_size=args.min_size if name in INSTANCE else None, report=False))
+            summary = run(
+                JobConfig(
+                    input=str(images),
+                    output=str(out),
+                    model=name,
+                    weights=str(ckpt),
+                    batch_size=args.batch_size,
+                    rows_per_part=args.batch_size,
+                    cpus_per_actor=args.cpus_per_actor,
+                    actors=layout.actors,
+                    calls_per_actor=layout.calls,
+                    gpus_per_actor=layout.gpus if device.type == "cuda" else 0.0,
+                    torch_threads=args.torch_threads,
+                    channels_last=not args.nchw,
+                    fold_batchnorm=not args.no_fold,
+                    precision=args.precision,
+                    min_size=args.min_size if name in INSTANCE else None,
+                    report=False,
+                )
+            )
     finally:
         t_end = time.time()
         stop.set()
@@ -400,18 +453,33 @@ def main() -> None:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="segbatch images per model batch (default 8 as the job on the CPU, 32 on a GPU)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where all three run (default: cuda when there is one)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="autocast on a GPU, for the ceiling and segbatch (default fp32)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="segbatch images per model batch (default 8 as the job on the CPU, 32 on a GPU)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where all three run (default: cuda when there is one)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="autocast on a GPU, for the ceiling and segbatch (default fp32)",
+    )
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--gpus-per-actor", type=float, default=1.0, help="on a GPU (default 1; 0.5 shares one between 2)")
-    p.add_argument("--layouts", default=None,
-                   help="segbatch runs to compare against the same baselines, ACTORSxGPUS[:CALLS] each "
-                        "(CALLS: batches an actor takes in at once), e.g. 1x1:1,1x1:2,4x0.25 "
-                        "(default: --actors x --gpus-per-actor)")
+    p.add_argument(
+        "--layouts",
+        default=None,
+        help="segbatch runs to compare against the same baselines, ACTORSxGPUS[:CALLS] each "
+        "(CALLS: batches an actor takes in at once), e.g. 1x1:1,1x1:2,4x0.25 "
+        "(default: --actors x --gpus-per-actor)",
+    )
     p.add_argument("--plain-n", type=int, default=256, help="images the plain loop runs on (default: 256 at most)")
     p.add_argument("--object-store-gb", type=float, default=1.0)
     p.add_argument("--ceiling-n", type=int, default=256, help="images the ceiling runs on (default: 256 at most)")
@@ -423,37 +491,56 @@ def main() -> None:
     p.add_argument("--no-fold", action="store_true", help="run segbatch with --no-fold-batchnorm")
     add_workdir_arg(p)
     args = p.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     gpu = device.type == "cuda"
     if args.batch_size is None:
         args.batch_size = 32 if gpu else 8
-    layouts = [Layout.parse(t) for t in args.layouts.split(",")] if args.layouts else \
-        [Layout(args.actors, args.gpus_per_actor)]
+    layouts = (
+        [Layout.parse(t) for t in args.layouts.split(",")]
+        if args.layouts
+        else [Layout(args.actors, args.gpus_per_actor)]
+    )
     if not gpu:
         layouts = [Layout(la.actors, 0.0, la.calls) for la in layouts]
     with scratch_dir("sb-bench-", args.workdir) as work:
         t0 = time.perf_counter()
         paths, labels = write_images(work / "data", args.n, args.width, args.height)
-        print(f"{args.n} JPEGs {args.width}x{args.height} (written in {time.perf_counter() - t0:.1f} s), {os.cpu_count()} CPUs, torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
-              f"actors x GPUs {','.join(map(str, layouts))}, {args.cpus_per_actor:g} CPU each, torch threads {args.torch_threads}, "
-              f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
-              f"device {device}"
-              + (f" ({torch.cuda.get_device_name(0)}, {args.precision})"
-                 if gpu else ""), flush=True)
+        print(
+            f"{args.n} JPEGs {args.width}x{args.height} (written in {time.perf_counter() - t0:.1f} s), "
+            f"{os.cpu_count()} CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
+            f"actors x GPUs {','.join(map(str, layouts))}, {args.cpus_per_actor:g} CPU each, "
+            f"torch threads {args.torch_threads}, "
+            f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
+            f"device {device}" + (f" ({torch.cuda.get_device_name(0)}, {args.precision})" if gpu else ""),
+            flush=True,
+        )
         results: list[tuple[str, Figures]] = []
         for name in args.models.split(","):
             model = bench_model(name, paths, labels, args.min_size)
             ckpt = work / f"{name}.pth"
             torch.save(model.state_dict(), ckpt)
-            ceil = Ceiling(name, ckpt, paths[:args.ceiling_n], args.min_size, device, args.precision,
-                           channels_last=not args.nchw, fold_batchnorm=not args.no_fold)
+            ceil = Ceiling(
+                name,
+                ckpt,
+                paths[: args.ceiling_n],
+                args.min_size,
+                device,
+                args.precision,
+                channels_last=not args.nchw,
+                fold_batchnorm=not args.no_fold,
+            )
             # The ceiling is the model at its best batch size: on a CPU, one image per forward pass
             # is often fastest (the activations of a batch fall out of cache); a GPU wants more.
             ceil.measure(sorted({args.batch_size, 4 * args.batch_size} if gpu else {1, args.batch_size}))
             model = model.to(device)
-            plain_paths = paths[:args.plain_n]
+            plain_paths = paths[: args.plain_n]
             pl = plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device)
             print(f"{name}: plain loop {pl:.2f} img/s", flush=True)
             runs = []
@@ -464,9 +551,12 @@ def main() -> None:
                 runs.append((layout, *measured))
                 e2e, steady, first, ray_s, util, busy = measured
                 # Printed as each run ends, so that a run cut short by a time limit keeps them.
-                print(f"{name} [{layout}]: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), "
-                      f"steady {steady:.2f} img/s, first committed output {first:.1f} s after Ray was up, "
-                      f"actor_busy {busy:.2f}" + (f", GPU busy {util:.0f} %" if gpu else ""), flush=True)
+                print(
+                    f"{name} [{layout}]: segbatch {e2e:.2f} img/s end to end (Ray start {ray_s:.1f} s), "
+                    f"steady {steady:.2f} img/s, first committed output {first:.1f} s after Ray was up, "
+                    f"actor_busy {busy:.2f}" + (f", GPU busy {util:.0f} %" if gpu else ""),
+                    flush=True,
+                )
             # The baselines again, after: on a shared machine a pass swings by ±20 %, and the best
             # pass of each baseline is what segbatch is held to. (A GPU machine is not shared.)
             c = ceil.measure()
@@ -475,17 +565,39 @@ def main() -> None:
                 pl = max(pl, plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device))
             print(f"{name}: plain loop {pl:.2f} img/s (best pass)", flush=True)
             for layout, e2e, steady, first, ray_s, util, busy in runs:
-                results.append((name, Figures(c["torchvision"], c.get("segbatch", float("nan")), pl, e2e, steady, first,
-                                              ray_s, util, ceil.best_util["torchvision"], busy, str(layout))))
+                results.append(
+                    (
+                        name,
+                        Figures(
+                            c["torchvision"],
+                            c.get("segbatch", float("nan")),
+                            pl,
+                            e2e,
+                            steady,
+                            first,
+                            ray_s,
+                            util,
+                            ceil.best_util["torchvision"],
+                            busy,
+                            str(layout),
+                        ),
+                    )
+                )
         print()
         for name, f in results:
-            print(f"{name} ceiling={f.ceiling:.2f} plain={f.plain:.2f} segbatch={f.segbatch:.2f} img/s "
-                  f"steady={f.steady:.2f} first_output_s={f.first_output_s:.1f} "
-                  f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f} "
-                  f"ceiling_sb={f.ceiling_sb:.2f} ratio_ceiling_sb={f.steady / f.ceiling_sb:.2f} "
-                  f"layout={f.layout} actor_busy={f.actor_busy:.2f}"
-                  + (f" ratio_plain_steady={f.steady / f.plain:.2f} gpu_util={f.gpu_util:.0f} "
-                     f"ceiling_gpu_util={f.ceiling_util:.0f}" if gpu else ""))
+            print(
+                f"{name} ceiling={f.ceiling:.2f} plain={f.plain:.2f} segbatch={f.segbatch:.2f} img/s "
+                f"steady={f.steady:.2f} first_output_s={f.first_output_s:.1f} "
+                f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f} "
+                f"ceiling_sb={f.ceiling_sb:.2f} ratio_ceiling_sb={f.steady / f.ceiling_sb:.2f} "
+                f"layout={f.layout} actor_busy={f.actor_busy:.2f}"
+                + (
+                    f" ratio_plain_steady={f.steady / f.plain:.2f} gpu_util={f.gpu_util:.0f} "
+                    f"ceiling_gpu_util={f.ceiling_util:.0f}"
+                    if gpu
+                    else ""
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from segbatch.upsample import undecided_fraction, upsampled_argmax
+from segbatch.stages.classmap import undecided_fraction, upsampled_argmax
 
 LOW, VIA, SIZE = (65, 87), (520, 693), (480, 640)
 
@@ -32,8 +32,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    for scene, grid, active, noise in (("photo", (3, 4), 3, 0.05), ("busy", (9, 11), args.classes, 0.3),
-                                       ("noise", LOW, args.classes, 0.0)):
+    for scene, grid, active, noise in (
+        ("photo", (3, 4), 3, 0.05),
+        ("busy", (9, 11), args.classes, 0.3),
+        ("noise", LOW, args.classes, 0.0),
+    ):
         coarse = torch.randn(1, args.classes, *grid, generator=g) * 6
         coarse[:, active:] -= 20  # classes absent from the scene
         logits = F.interpolate(coarse, size=LOW, mode="bilinear", align_corners=False)[0]
@@ -58,9 +61,11 @@ def measure(scene: str, logits: torch.Tensor, repeat: int) -> None:
             fn()
         times[name] = min(times.get(name, float("inf")), (time.perf_counter() - t0) / repeat * 1000)
     agree = (reference() == fast()).float().mean().item()
-    print(f"upsample_argmax scene={scene} undecided={undecided_fraction(logits, SIZE, VIA):.3f} "
-          f"reference_ms={times['reference']:.2f} fast_ms={times['fast']:.2f} "
-          f"speedup={times['reference'] / times['fast']:.1f} agree={agree:.6f}")
+    print(
+        f"upsample_argmax scene={scene} undecided={undecided_fraction(logits, SIZE, VIA):.3f} "
+        f"reference_ms={times['reference']:.2f} fast_ms={times['fast']:.2f} "
+        f"speedup={times['reference'] / times['fast']:.1f} agree={agree:.6f}"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ def make_batch(rng: np.random.Generator, batch_size: int, crop: int = CROP) -> t
         lab = F.interpolate(lab, size=chw.shape[-2:], mode="nearest")[0, 0].long()
         y0 = int(rng.integers(0, chw.shape[1] - crop + 1))
         x0 = int(rng.integers(0, chw.shape[2] - crop + 1))
-        images.append(chw[:, y0:y0 + crop, x0:x0 + crop])
-        labels.append(lab[y0:y0 + crop, x0:x0 + crop])
+        images.append(chw[:, y0 : y0 + crop, x0 : x0 + crop])
+        labels.append(lab[y0 : y0 + crop, x0 : x0 + crop])
     x = DEMO_PREPROCESS.normalize(torch.stack(images))
     return x, torch.stack(labels)
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from segbatch._version import __version__
 from segbatch.config import JobConfig
 from segbatch.errors import ImageError, JobError
 
 if TYPE_CHECKING:
     from segbatch.pipeline import RunSummary
 
-__version__ = "0.1.0"
-__all__ = ["ImageError", "JobConfig", "JobError", "run", "__version__"]
+__all__ = ["ImageError", "JobConfig", "JobError", "__version__", "run"]
 
 
 def run(config: JobConfig) -> RunSummary:

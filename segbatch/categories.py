@@ -22,10 +22,10 @@ import numpy as np
 import yaml
 
 from segbatch.errors import JobError
-from segbatch.io.labels import UNLABELED
 from segbatch.metrics import IGNORE
 
 PNG_IGNORE = 255
+UNLABELED = -2  # a pixel no COCO annotation covers (background): segbatch.io.labels paints it
 PLACEHOLDER = "N/A"  # torchvision's COCO category list has unused ids named N/A
 
 
@@ -95,19 +95,29 @@ class EvalSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (job.json ``eval_classes``); :meth:`from_dict` restores it exactly."""
-        return {"names": list(self.names), "background": self.background,
-                "matched": [list(p) for p in self.pairs],
-                "model_only": list(self.model_only), "label_only": list(self.label_only),
-                "model_lut": self.model_lut.tolist(), "label_lut": self.label_lut.tolist(),
-                "label_offset": self.label_offset}
+        return {
+            "names": list(self.names),
+            "background": self.background,
+            "matched": [list(p) for p in self.pairs],
+            "model_only": list(self.model_only),
+            "label_only": list(self.label_only),
+            "model_lut": self.model_lut.tolist(),
+            "label_lut": self.label_lut.tolist(),
+            "label_offset": self.label_offset,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalSpace:
-        return cls(names=tuple(d["names"]), background=d["background"],
-                   model_lut=np.asarray(d["model_lut"], dtype=np.int32),
-                   label_lut=np.asarray(d["label_lut"], dtype=np.int32), label_offset=int(d["label_offset"]),
-                   pairs=tuple((str(a), str(b)) for a, b in d["matched"]),
-                   model_only=tuple(d["model_only"]), label_only=tuple(d["label_only"]))
+        return cls(
+            names=tuple(d["names"]),
+            background=d["background"],
+            model_lut=np.asarray(d["model_lut"], dtype=np.int32),
+            label_lut=np.asarray(d["label_lut"], dtype=np.int32),
+            label_offset=int(d["label_offset"]),
+            pairs=tuple((str(a), str(b)) for a, b in d["matched"]),
+            model_only=tuple(d["model_only"]),
+            label_only=tuple(d["label_only"]),
+        )
 
 
 def build_eval_space(
@@ -151,8 +161,9 @@ def build_eval_space(
             label_names = {i: given.get(i, f"label_{i}") for i in range(PNG_IGNORE)}
         else:
             # Without names, PNG ids are read as the model's own class ids.
-            label_names = {i: model_categories[i] if i < len(model_categories) else f"label_{i}"
-                           for i in range(PNG_IGNORE)}
+            label_names = {
+                i: model_categories[i] if i < len(model_categories) else f"label_{i}" for i in range(PNG_IGNORE)
+            }
     elif label_kind == "coco":
         label_names = dict(label_categories or {})
     else:
@@ -165,10 +176,14 @@ def build_eval_space(
     label_by_name = {lname: lid for lid, lname in label_names.items()}
     for m, lab in overrides.items():
         if m not in first_model_id:
-            raise JobError(f"label map matches unknown model category {m!r}; model categories: {sorted(first_model_id)}")
+            raise JobError(
+                f"label map matches unknown model category {m!r}; model categories: {sorted(first_model_id)}"
+            )
         if lab not in label_by_name:
-            raise JobError(f"label map matches {m!r} to unknown label category {lab!r}; "
-                           f"label categories: {sorted(set(label_names.values()))[:50]}")
+            raise JobError(
+                f"label map matches {m!r} to unknown label category {lab!r}; "
+                f"label categories: {sorted(set(label_names.values()))[:50]}"
+            )
 
     label_eval: dict[int, int] = {}
     pairs: list[tuple[str, str]] = []
@@ -195,8 +210,11 @@ def build_eval_space(
         if not (label_kind == "png" and lname.startswith("label_")):
             label_only.append(lname)
     matched_models = {m for m, _ in pairs}
-    model_only = tuple(m for m in first_model_id if m not in matched_models
-                       and not (label_kind == "coco" and first_model_id[m] == background))
+    model_only = tuple(
+        m
+        for m in first_model_id
+        if m not in matched_models and not (label_kind == "coco" and first_model_id[m] == background)
+    )
 
     if label_kind == "png":
         lut = np.full(PNG_IGNORE + 1, IGNORE, dtype=np.int32)

@@ -26,6 +26,7 @@ log = logging.getLogger("segbatch")
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
+
 # (flag, config key, type, help) of every option `run` shares with job YAML files.
 _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--input", "input", str, "folder or prefix of images (local path or fsspec URL)"),
@@ -37,11 +38,20 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--missing-labels", "missing_labels", str, "a missing label is an 'error' row (default) or 'ignore'd"),
     ("--batch-size", "batch_size", int, "images per model batch (default 8)"),
     ("--actors", "actors", int, "model actors, one model each (default 1)"),
-    ("--gpus-per-actor", "gpus_per_actor", float, "GPUs per actor; fractions pack actors (default: 1 if the cluster has GPUs, else 0)"),
+    (
+        "--gpus-per-actor",
+        "gpus_per_actor",
+        float,
+        "GPUs per actor; fractions pack actors (default: 1 if the cluster has GPUs, else 0)",
+    ),
     ("--cpus-per-actor", "cpus_per_actor", float, "CPUs per actor, also its torch threads (default 1)"),
     ("--torch-threads", "torch_threads", int, "torch threads per actor (default: --cpus-per-actor)"),
-    ("--calls-per-actor", "calls_per_actor", int,
-     "batches an actor takes in at once; the model runs one at a time (default: 2 on a GPU, 1 on a CPU)"),
+    (
+        "--calls-per-actor",
+        "calls_per_actor",
+        int,
+        "batches an actor takes in at once; the model runs one at a time (default: 2 on a GPU, 1 on a CPU)",
+    ),
     ("--score-threshold", "score_threshold", float, "instance models: minimum detection score (default 0.5)"),
     ("--mask-threshold", "mask_threshold", float, "instance models: mask probability threshold (default 0.5)"),
     ("--min-size", "min_size", int, "instance models: shorter side the model resizes to (default: the model's)"),
@@ -53,11 +63,26 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
 
 # Options of the COCO exports, shared by `run` and `export`.
 _EXPORT_OPTIONS: list[tuple[str, str, Any, str]] = [
-    ("--coco-segmentation", "coco_segmentation", str, "rle (default; iscrowd=1, imports into CVAT as masks) or polygon"),
-    ("--polygon-tolerance", "polygon_tolerance", float, "polygon simplification: max outline error in pixels (default 1.0)"),
+    (
+        "--coco-segmentation",
+        "coco_segmentation",
+        str,
+        "rle (default; iscrowd=1, imports into CVAT as masks) or polygon",
+    ),
+    (
+        "--polygon-tolerance",
+        "polygon_tolerance",
+        float,
+        "polygon simplification: max outline error in pixels (default 1.0)",
+    ),
     ("--min-mask-area", "min_mask_area", int, "leave out masks with fewer pixels (default 0)"),
     ("--export-classes", "export_classes", _csv, "comma-separated model categories to export (default: all)"),
-    ("--coco-category-ids", "coco_category_ids", str, "a COCO JSON (e.g. your labels) whose category ids the export uses"),
+    (
+        "--coco-category-ids",
+        "coco_category_ids",
+        str,
+        "a COCO JSON (e.g. your labels) whose category ids the export uses",
+    ),
 ]
 
 
@@ -69,17 +94,34 @@ def _add_options(p: argparse.ArgumentParser, options: list[tuple[str, str, Any, 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="job YAML file with the same keys; flags given here win")
     _add_options(p, _RUN_OPTIONS + _EXPORT_OPTIONS)
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=argparse.SUPPRESS,
-                   help="run the model in torchvision's default tensor layout (NCHW), not channels-last "
-                        "(channels-last applies on the CPU and under GPU fp16/bf16)")
-    p.add_argument("--no-fold-batchnorm", dest="fold_batchnorm", action="store_false", default=argparse.SUPPRESS,
-                   help="keep BatchNorm as its own operator instead of folding it into the convolution before it")
-    p.add_argument("--no-report", dest="report", action="store_false", default=argparse.SUPPRESS,
-                   help="do not write report.html at the end of a run with labels")
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="run the model in torchvision's default tensor layout (NCHW), not channels-last "
+        "(channels-last applies on the CPU and under GPU fp16/bf16)",
+    )
+    p.add_argument(
+        "--no-fold-batchnorm",
+        dest="fold_batchnorm",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="keep BatchNorm as its own operator instead of folding it into the convolution before it",
+    )
+    p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="do not write report.html at the end of a run with labels",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segbatch", description="Batch dataset labeling with segmentation models on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="segbatch", description="Batch dataset labeling with segmentation models on Ray."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_options(sub.add_parser("run", help="run a labeling job"))
     sub.add_parser("models", help="list the models with task, categories and input size")
@@ -126,16 +168,22 @@ def _print_models() -> None:
         rows.append((spec.name, spec.task, spec.preprocess.describe(), shown, spec.description))
     width = max(len(r[0]) for r in rows)
     print(f"{'model':<{width}}  {'task':<8}  {'input':<16}  categories")
-    for name, task, size, cats, desc in rows:
-        print(f"{name:<{width}}  {task:<8}  {size:<16}  {cats}")
+    for name, task, size, shown, desc in rows:
+        print(f"{name:<{width}}  {task:<8}  {size:<16}  {shown}")
         print(f"{'':<{width}}  {desc}")
 
 
 def demo_config(output: str, ray_address: str | None = None) -> JobConfig:
     """The embedded default: bundled sample images and masks, bundled U-Net."""
     root = resources.files("segbatch") / "data" / "sample"
-    return JobConfig(input=str(root / "images"), labels=str(root / "masks"), output=output,
-                     model="unet", weights="DEFAULT", ray_address=ray_address)
+    return JobConfig(
+        input=str(root / "images"),
+        labels=str(root / "masks"),
+        output=output,
+        model="unet",
+        weights="DEFAULT",
+        ray_address=ray_address,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,35 +217,48 @@ def _offline(args: argparse.Namespace) -> int:
     """``audit`` / ``metrics`` / ``export``: work on a finished run's files, no Ray, no model."""
     import json
 
-    from segbatch.outdir import JOB, OutDir
+    from segbatch.outputs.folder import JOB, OutDir
 
     out = OutDir.open(args.run_dir, args.storage_options)
     if not out.exists(JOB):
         raise JobError(f"{args.run_dir!r} is not a segbatch run ({JOB} is missing)")
     if args.command == "metrics":
-        from segbatch.run_metrics import recompute_metrics
+        from segbatch.outputs.run_metrics import recompute_metrics
 
         print(json.dumps(recompute_metrics(out), indent=2))
         return 0
     if args.command == "audit":
-        from segbatch.report import AuditOptions, write_report
+        from segbatch.audit.report import AuditOptions, write_report
 
-        options = AuditOptions(worst=args.worst, classes=args.classes, max_dice=args.max_dice, sample=args.sample,
-                               seed=args.seed, storage_options=args.storage_options)
+        options = AuditOptions(
+            worst=args.worst,
+            classes=args.classes,
+            max_dice=args.max_dice,
+            sample=args.sample,
+            seed=args.seed,
+            storage_options=args.storage_options,
+        )
         print(f"audit report: {write_report(out, options)}")
         return 0
-    from segbatch.coco_export import write_coco_exports
+    from segbatch.outputs.coco import write_coco_exports
     from segbatch.pipeline import coco_info
 
     job = out.read_json(JOB)
     values = {**job["config"], **{k: v for k, v in vars(args).items() if k not in ("command", "run_dir")}}
     config = JobConfig.from_mapping(values)
     model = job["model"]
-    counts = write_coco_exports(out, task=model["task"], model_categories=tuple(model["categories"]),
-                                background=model["background"], info=coco_info(model["name"], job.get("started", "")),
-                                options=config.export_options())
-    print(f"wrote {counts['annotations']} annotations to {out.url_of('predictions.coco.json')} "
-          f"({counts['below_min_area']} below the minimum area, {counts['other_class']} of other classes left out)")
+    counts = write_coco_exports(
+        out,
+        task=model["task"],
+        model_categories=tuple(model["categories"]),
+        background=model["background"],
+        info=coco_info(model["name"], job.get("started", "")),
+        options=config.export_options(),
+    )
+    print(
+        f"wrote {counts['annotations']} annotations to {out.url_of('predictions.coco.json')} "
+        f"({counts['below_min_area']} below the minimum area, {counts['other_class']} of other classes left out)"
+    )
     return 0
 
 

@@ -71,7 +71,7 @@ class JobConfig:
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ray_address: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
-    # COCO export options (segbatch.coco_export.ExportOptions): they shape only the COCO
+    # COCO export options (segbatch.outputs.coco.ExportOptions): they shape only the COCO
     # files, so changing them does not make a different job.
     coco_segmentation: str = "rle"
     polygon_tolerance: float = 1.0
@@ -95,9 +95,7 @@ class JobConfig:
             _check_int("calls_per_actor", self.calls_per_actor, minimum=1)
         if self.min_size is not None:
             _check_int("min_size", self.min_size, minimum=16)
-        if self.gpus_per_actor is not None and not (
-            _is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0
-        ):
+        if self.gpus_per_actor is not None and not (_is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):
             raise JobError(f"gpus_per_actor must be a number >= 0, got {self.gpus_per_actor!r}")
         if not (_is_number(self.cpus_per_actor) and self.cpus_per_actor > 0):
             raise JobError(f"cpus_per_actor must be a number > 0, got {self.cpus_per_actor!r}")
@@ -157,15 +155,20 @@ class JobConfig:
         return cls.from_mapping({**values, **(overrides or {})})
 
     def export_options(self) -> Any:
-        """The COCO export options (:class:`segbatch.coco_export.ExportOptions`)."""
-        from segbatch.coco_export import ExportOptions
+        """The COCO export options (:class:`segbatch.outputs.coco.ExportOptions`)."""
+        from segbatch.outputs.coco import ExportOptions
 
         _check_int("min_mask_area", self.min_mask_area, minimum=0)
         if not _is_number(self.polygon_tolerance):
             raise JobError(f"polygon_tolerance must be a number of pixels, got {self.polygon_tolerance!r}")
-        return ExportOptions(segmentation=self.coco_segmentation, polygon_tolerance=float(self.polygon_tolerance),
-                             min_area=self.min_mask_area, classes=self.export_classes,
-                             category_ids_from=self.coco_category_ids, storage_options=self.storage_options)
+        return ExportOptions(
+            segmentation=self.coco_segmentation,
+            polygon_tolerance=float(self.polygon_tolerance),
+            min_area=self.min_mask_area,
+            classes=self.export_classes,
+            category_ids_from=self.coco_category_ids,
+            storage_options=self.storage_options,
+        )
 
     def public_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values with every secret removed (for job.json and logs)."""

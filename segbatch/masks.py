@@ -52,9 +52,7 @@ def decode_rle(rle: Rle) -> np.ndarray:
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
 
 
-def _encode_with_stats(
-    stack: np.ndarray, category_ids: list[int], scores: list[float] | None
-) -> list[EncodedMask]:
+def _encode_with_stats(stack: np.ndarray, category_ids: list[int], scores: list[float] | None) -> list[EncodedMask]:
     rles = encode_binary(stack)
     raw = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
     areas = mask_utils.area(raw)

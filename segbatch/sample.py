@@ -30,7 +30,7 @@ def voc_palette() -> list[int]:
             b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
         palette += [r, g, b]
-    palette[255 * 3: 256 * 3] = [255, 255, 255]
+    palette[255 * 3 : 256 * 3] = [255, 255, 255]
     return palette
 
 
@@ -46,7 +46,9 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img + rng.normal(0, 3, size=img.shape)
 
 
-def render_sample(rng: np.random.Generator, height: int, width: int, max_shapes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(
+    rng: np.random.Generator, height: int, width: int, max_shapes: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """One image and its label.
 
     Each class has its own surface, as real objects do: circles are shaded like spheres,
@@ -71,14 +73,21 @@ def render_sample(rng: np.random.Generator, height: int, width: int, max_shapes:
             r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / size
             surface = colour * (1.25 - 0.6 * np.clip(r, 0, 1) ** 2)[..., None]
         elif cls == 2:
-            corners = [(cx + 1.2 * size * np.cos(angle + k * np.pi / 2), cy + 1.2 * size * np.sin(angle + k * np.pi / 2))
-                       for k in range(4)]
+            corners = [
+                (cx + 1.2 * size * np.cos(angle + k * np.pi / 2), cy + 1.2 * size * np.sin(angle + k * np.pi / 2))
+                for k in range(4)
+            ]
             draw.polygon(corners, fill=1)
             stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / 6.0)
             surface = colour + 35.0 * stripes[..., None]
         else:
-            corners = [(cx + 1.3 * size * np.cos(angle + k * 2 * np.pi / 3), cy + 1.3 * size * np.sin(angle + k * 2 * np.pi / 3))
-                       for k in range(3)]
+            corners = [
+                (
+                    cx + 1.3 * size * np.cos(angle + k * 2 * np.pi / 3),
+                    cy + 1.3 * size * np.sin(angle + k * 2 * np.pi / 3),
+                )
+                for k in range(3)
+            ]
             draw.polygon(corners, fill=1)
             surface = colour + rng.normal(0, 30, size=(height, width, 1))
         inside = np.asarray(canvas, dtype=bool)
@@ -101,7 +110,9 @@ def save_label_png(label: np.ndarray, path: str) -> None:
 
 
 def write_sample_dataset(
-    out_dir: str, n: int, seed: int = 0,
+    out_dir: str,
+    n: int,
+    seed: int = 0,
     sizes: Sequence[tuple[int, int]] = ((128, 128), (120, 160), (150, 200), (160, 120)),
     image_format: str = "jpg",
 ) -> list[str]:
@@ -118,7 +129,10 @@ def write_sample_dataset(
         image, label = render_sample(rng, h, w)
         stem = f"shapes_{i:04d}"
         path = os.path.join(out_dir, "images", f"{stem}.{image_format}")
-        Image.fromarray(image).save(path, **({"quality": 92} if image_format in ("jpg", "jpeg") else {}))
+        if image_format in ("jpg", "jpeg"):
+            Image.fromarray(image).save(path, quality=92)
+        else:
+            Image.fromarray(image).save(path)
         save_label_png(label, os.path.join(out_dir, "masks", f"{stem}.png"))
         stems.append(stem)
     return stems

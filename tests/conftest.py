@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +47,13 @@ def _ray_start(args: list[str], log_path: Path, what: str) -> subprocess.Popen:
     """`ray start … --block` in its own process group, once its log says the runtime started."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            [RAY, "start", "--block", "--disable-usage-stats", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
     deadline = time.time() + 120
     while b"Ray runtime started" not in log_path.read_bytes():
         if proc.poll() is not None or time.time() > deadline:
@@ -70,17 +75,35 @@ def ray_head(log_path: Path, *, num_cpus: int, num_gpus: int) -> Iterator[RayClu
     plain `ray.init()` never finds a dead cluster.
     """
     gcs_port, dash_port = free_port(), free_port()
-    side_ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                                                  "--runtime-env-agent-port", "--metrics-export-port",
-                                                  "--ray-client-server-port")}
+    side_ports = {
+        flag: free_port()
+        for flag in (
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+            "--ray-client-server-port",
+        )
+    }
     temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")
-    proc = _ray_start(["--head", f"--temp-dir={temp_dir}", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
-                       "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={num_cpus}",
-                       f"--num-gpus={num_gpus}", "--object-store-memory=600000000",
-                       *(f"{flag}={port}" for flag, port in side_ports.items())], log_path, "ray head")
+    proc = _ray_start(
+        [
+            "--head",
+            f"--temp-dir={temp_dir}",
+            f"--port={gcs_port}",
+            f"--dashboard-port={dash_port}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--num-cpus={num_cpus}",
+            f"--num-gpus={num_gpus}",
+            "--object-store-memory=600000000",
+            *(f"{flag}={port}" for flag, port in side_ports.items()),
+        ],
+        log_path,
+        "ray head",
+    )
     try:
-        yield RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard=f"http://127.0.0.1:{dash_port}",
-                         temp_dir=temp_dir)
+        yield RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard=f"http://127.0.0.1:{dash_port}", temp_dir=temp_dir)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -97,18 +120,31 @@ def ray_worker_node(head: RayCluster, log_path: Path, *, num_cpus: int) -> Itera
     Killing that group (``os.killpg(proc.pid, SIGKILL)``) stops the node the way a
     preempted machine stops: raylet, object store and workers at once.
     """
-    side_ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                                                  "--runtime-env-agent-port", "--metrics-export-port")}
-    proc = _ray_start([f"--address={head.address}", f"--num-cpus={num_cpus}", "--num-gpus=0",
-                       "--object-store-memory=400000000", *(f"{flag}={port}" for flag, port in side_ports.items())],
-                      log_path, "ray worker node")
+    side_ports = {
+        flag: free_port()
+        for flag in (
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        )
+    }
+    proc = _ray_start(
+        [
+            f"--address={head.address}",
+            f"--num-cpus={num_cpus}",
+            "--num-gpus=0",
+            "--object-store-memory=400000000",
+            *(f"{flag}={port}" for flag, port in side_ports.items()),
+        ],
+        log_path,
+        "ray worker node",
+    )
     try:
         yield proc
     finally:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=15)
 
 

@@ -35,8 +35,11 @@ def semantic_maps(out: Path, background: int = 0) -> dict[str, np.ndarray]:
     """file_name → ``(H, W)`` model class ids, rebuilt from masks.parquet (semantic masks are disjoint)."""
     images = pq.read_table(out / "images.parquet").to_pylist()
     masks = pq.read_table(out / "masks.parquet").to_pylist()
-    maps = {im["image_id"]: np.full((im["height"], im["width"]), background, np.int64)
-            for im in images if im["width"] is not None}
+    maps = {
+        im["image_id"]: np.full((im["height"], im["width"]), background, np.int64)
+        for im in images
+        if im["width"] is not None
+    }
     for m in masks:
         region = decode_rle(m["segmentation"]).astype(bool)
         target = maps[m["image_id"]]

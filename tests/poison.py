@@ -2,7 +2,7 @@
 
 A real image that crashes native code on demand cannot be made here, so this stands in for
 one: installed into every Ray worker of a job through ``runtime_env``'s
-``worker_process_setup_hook``, it makes :meth:`segbatch.predictor.Predictor._run` SIGKILL its
+``worker_process_setup_hook``, it makes :meth:`segbatch.stages.predict.Predictor._run` SIGKILL its
 own process — as a segfault in a decoder or a CUDA kernel would — whenever its images include
 one whose file name contains ``poison``. Everything else is the real code path.
 """
@@ -15,13 +15,13 @@ from typing import Any
 
 
 def install() -> None:
-    from segbatch import predictor
+    from segbatch.stages import predict
 
-    original = predictor.Predictor._run
+    original = predict.Predictor._run
 
     def _run(self: Any, batch: dict[str, Any], idx: list[int]) -> list[Any]:
         if any("poison" in str(batch["file_name"][i]) for i in idx):
             os.kill(os.getpid(), signal.SIGKILL)
         return original(self, batch, idx)
 
-    predictor.Predictor._run = _run  # type: ignore[method-assign]
+    predict.Predictor._run = _run  # type: ignore[method-assign]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segbatch.categories import build_eval_space, parse_label_map
+from segbatch.categories import UNLABELED, build_eval_space, parse_label_map
 from segbatch.errors import JobError
-from segbatch.io.labels import UNLABELED
 from segbatch.metrics import IGNORE
 
 VOCISH = ("__background__", "cat", "diningtable", "sofa", "tvmonitor")
@@ -28,8 +27,9 @@ def test_png_ids_beyond_the_model_are_label_only_classes():
 
 
 def test_coco_names_match_ignoring_case_spaces_and_underscores():
-    es = build_eval_space(VOCISH, 0, "coco", {3: "Dining Table", 8: "Cat", 9: "couch", 11: "zebra"},
-                          overrides={"sofa": "couch"})
+    es = build_eval_space(
+        VOCISH, 0, "coco", {3: "Dining Table", 8: "Cat", 9: "couch", 11: "zebra"}, overrides={"sofa": "couch"}
+    )
     raw = np.array([[3, 8, 9, 11, UNLABELED]])
     names = [es.names[i] for i in es.labels(raw)[0]]
     assert names == ["diningtable", "cat", "sofa", "zebra", "__background__"]
@@ -57,10 +57,13 @@ def test_torchvision_placeholders_are_not_classes():
     assert es.predictions(np.array([2]))[0] == 0  # an N/A prediction counts as background
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"unicorn": "cat"}, "unknown model category 'unicorn'"),
-    ({"cat": "unicorn"}, "unknown label category 'unicorn'"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"unicorn": "cat"}, "unknown model category 'unicorn'"),
+        ({"cat": "unicorn"}, "unknown label category 'unicorn'"),
+    ],
+)
 def test_bad_overrides_name_the_bad_value(overrides, message):
     with pytest.raises(JobError, match=message):
         build_eval_space(VOCISH, 0, "coco", {1: "cat"}, overrides)

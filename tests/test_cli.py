@@ -17,9 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 def test_models_lists_every_model_with_task_input_and_categories(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name in ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
-                 "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "maskrcnn_resnet50_fpn",
-                 "maskrcnn_resnet50_fpn_v2", "unet"):
+    for name in (
+        "fcn_resnet50",
+        "fcn_resnet101",
+        "deeplabv3_resnet50",
+        "deeplabv3_resnet101",
+        "deeplabv3_mobilenet_v3_large",
+        "lraspp_mobilenet_v3_large",
+        "maskrcnn_resnet50_fpn",
+        "maskrcnn_resnet50_fpn_v2",
+        "unet",
+    ):
         assert name in out
     assert "shorter side 520" in out and "aeroplane" in out and "(21 in all)" in out
     assert "instance" in out and "person" in out and "(81 in all)" in out and "shorter side 800" in out
@@ -39,19 +47,32 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--input", "{tmp}/missing", "--model", "unet"], "input '{tmp}/missing' does not exist"),
-    (["--input", "{tmp}/empty", "--model", "unet"], "holds no images with extensions"),
-    (["--input", "{images}", "--model", "segformer"], "unknown model 'segformer'; valid models: "),
-    (["--input", "{images}", "--model", "unet", "--weights", "{tmp}/nope.pt"],
-     "weights file '{tmp}/nope.pt' does not exist; valid values: DEFAULT, none, or a checkpoint path/URL"),
-    (["--input", "{images}", "--model", "unet", "--weights", "{tmp}/garbage.pt"], "cannot load weights"),
-    (["--input", "{images}", "--model", "unet", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
-    (["--input", "{images}", "--model", "unet", "--labels", "{tmp}/nolabels"], "labels '{tmp}/nolabels' do not exist"),
-    (["--input", "{images}", "--model", "unet", "--output", "memory://runs/out"],
-     "output 'memory://runs/out' is on fsspec's in-process memory filesystem, which Ray workers"),
-    (["--input", "http://127.0.0.1:9/photos", "--model", "unet"], "input 'http://127.0.0.1:9/photos' is an http(s) URL"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "{tmp}/missing", "--model", "unet"], "input '{tmp}/missing' does not exist"),
+        (["--input", "{tmp}/empty", "--model", "unet"], "holds no images with extensions"),
+        (["--input", "{images}", "--model", "segformer"], "unknown model 'segformer'; valid models: "),
+        (
+            ["--input", "{images}", "--model", "unet", "--weights", "{tmp}/nope.pt"],
+            "weights file '{tmp}/nope.pt' does not exist; valid values: DEFAULT, none, or a checkpoint path/URL",
+        ),
+        (["--input", "{images}", "--model", "unet", "--weights", "{tmp}/garbage.pt"], "cannot load weights"),
+        (["--input", "{images}", "--model", "unet", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (
+            ["--input", "{images}", "--model", "unet", "--labels", "{tmp}/nolabels"],
+            "labels '{tmp}/nolabels' do not exist",
+        ),
+        (
+            ["--input", "{images}", "--model", "unet", "--output", "memory://runs/out"],
+            "output 'memory://runs/out' is on fsspec's in-process memory filesystem, which Ray workers",
+        ),
+        (
+            ["--input", "http://127.0.0.1:9/photos", "--model", "unet"],
+            "input 'http://127.0.0.1:9/photos' is an http(s) URL",
+        ),
+    ],
+)
 def test_job_level_problems_exit_2_naming_the_bad_value(tmp_path, images, capsys, args, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "garbage.pt").write_bytes(b"\x00" * 64)
@@ -72,8 +93,7 @@ def test_an_output_with_foreign_files_is_refused(tmp_path, images, capsys):
 
 def test_config_file_and_flags(tmp_path, images, capsys):
     cfg = tmp_path / "job.yaml"
-    cfg.write_text(json.dumps({"input": str(images), "model": "unet", "output": str(tmp_path / "o"),
-                               "batchsize": 3}))
+    cfg.write_text(json.dumps({"input": str(images), "model": "unet", "output": str(tmp_path / "o"), "batchsize": 3}))
     code, err = run_cli(["--config", str(cfg)], capsys)
     assert code == 2 and "unknown config key 'batchsize'" in err
 
@@ -81,8 +101,12 @@ def test_config_file_and_flags(tmp_path, images, capsys):
 def test_the_installed_command_exits_2_for_a_bad_model(tmp_path, images):
     """The real process exit status, through the console script."""
     exe = Path(sys.executable).parent / "segbatch"
-    proc = subprocess.run([str(exe), "run", "--input", str(images), "--output", str(tmp_path / "o"),
-                           "--model", "nope"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "run", "--input", str(images), "--output", str(tmp_path / "o"), "--model", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "segbatch: error: unknown model 'nope'" in proc.stderr
 

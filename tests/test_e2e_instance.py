@@ -36,8 +36,8 @@ def predicted_names(images: Path) -> list[str]:
     """
     from segbatch.models import ModelOptions
     from segbatch.models.weights import ResolvedWeights
-    from segbatch.predictor import Predictor
-    from segbatch.read import read_batch
+    from segbatch.stages.predict import Predictor
+    from segbatch.stages.read import read_batch
 
     predictor = Predictor("maskrcnn_resnet50_fpn", ResolvedWeights("none", None, None), ModelOptions(**OPTIONS))
     uris = [str(p) for p in sorted(images.iterdir())]
@@ -66,11 +66,29 @@ def write_coco_labels(sample_dir: Path, stems: list[str], path: Path, names: lis
             seg = {"size": [h, w], "counts": rle["counts"].decode()}
             if len(annotations) % 2:  # half as polygons, half as RLE: both forms must pair
                 ys, xs = np.nonzero(m)
-                seg = [[float(xs.min()), float(ys.min()), float(xs.max()), float(ys.min()),
-                        float(xs.max()), float(ys.max()), float(xs.min()), float(ys.max())]]
-            annotations.append({"id": len(annotations) + 1, "image_id": 100 + i, "category_id": cat,
-                                "segmentation": seg, "area": float(m.sum()), "bbox": list(mask_utils.toBbox(rle)),
-                                "iscrowd": 0})
+                seg = [
+                    [
+                        float(xs.min()),
+                        float(ys.min()),
+                        float(xs.max()),
+                        float(ys.min()),
+                        float(xs.max()),
+                        float(ys.max()),
+                        float(xs.min()),
+                        float(ys.max()),
+                    ]
+                ]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 100 + i,
+                    "category_id": cat,
+                    "segmentation": seg,
+                    "area": float(m.sum()),
+                    "bbox": list(mask_utils.toBbox(rle)),
+                    "iscrowd": 0,
+                }
+            )
     # The first name in capitals: categories match by name whatever the case.
     categories = [{"id": 11 + i, "name": n.upper() if i == 0 else n} for i, n in enumerate(names)]
     doc = {"images": images, "annotations": annotations, "categories": categories}
@@ -88,8 +106,17 @@ def result(sample_dir: Path, tmp_path_factory, ray_cluster):
     names = predicted_names(root / "images")
     doc = write_coco_labels(sample_dir, stems, root / "labels.json", names)
     out = root / "out"
-    summary = run(JobConfig(input=str(root / "images"), labels=str(root / "labels.json"), output=str(out),
-                            model="maskrcnn_resnet50_fpn", weights="none", batch_size=2, **OPTIONS))
+    summary = run(
+        JobConfig(
+            input=str(root / "images"),
+            labels=str(root / "labels.json"),
+            output=str(out),
+            model="maskrcnn_resnet50_fpn",
+            weights="none",
+            batch_size=2,
+            **OPTIONS,
+        )
+    )
     return summary, out, read_outputs(out), doc
 
 
@@ -154,8 +181,16 @@ def test_coco_mask_ap_equals_cocoeval_run_here(result):
     assert set(ap) >= {"AP", "AP50", "AR100"} and ap["AP"] is not None
     gt = COCO(str(out.parent / "labels.json"))
     to_label = {c["name"].lower(): c["id"] for c in doc["categories"]}
-    dets = [{"image_id": m["image_id"], "category_id": to_label[m["category"]], "segmentation": m["segmentation"],
-             "score": m["score"]} for m in o["masks"] if m["category"] in to_label]
+    dets = [
+        {
+            "image_id": m["image_id"],
+            "category_id": to_label[m["category"]],
+            "segmentation": m["segmentation"],
+            "score": m["score"],
+        }
+        for m in o["masks"]
+        if m["category"] in to_label
+    ]
     assert dets, "the labels' categories were chosen among the predicted ones"
     ev = COCOeval(gt, gt.loadRes(dets), "segm")
     ev.evaluate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,17 +40,21 @@ def reference(many: Path, tmp_path_factory, ray_cluster):
 
 
 def _config(root: Path, out: Path) -> JobConfig:
-    return JobConfig(input=str(root / "images"), labels=str(root / "masks"), output=str(out), model="unet",
-                     batch_size=2, rows_per_part=2)
+    return JobConfig(
+        input=str(root / "images"),
+        labels=str(root / "masks"),
+        output=str(out),
+        model="unet",
+        batch_size=2,
+        rows_per_part=2,
+    )
 
 
 def _committed_rows(out: Path) -> int:
     total = 0
     for p in (out / "parts").glob("*.parquet"):
-        try:
+        with contextlib.suppress(OSError, FileNotFoundError):
             total += pq.read_metadata(p).num_rows
-        except (OSError, FileNotFoundError):
-            pass
     return total
 
 
@@ -63,9 +68,26 @@ def _wait_for(cond, timeout: float, what: str) -> None:
 
 def test_sigkill_of_the_driver_then_rerun_finishes_exactly_once(many, reference, tmp_path, ray_cluster):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "segbatch.cli", "run", "--input", str(many / "images"), "--labels",
-           str(many / "masks"), "--output", str(out), "--model", "unet", "--batch-size", "2", "--rows-per-part", "2",
-           "--ray-address", ray_cluster.address]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbatch.cli",
+        "run",
+        "--input",
+        str(many / "images"),
+        "--labels",
+        str(many / "masks"),
+        "--output",
+        str(out),
+        "--model",
+        "unet",
+        "--batch-size",
+        "2",
+        "--rows-per-part",
+        "2",
+        "--ray-address",
+        ray_cluster.address,
+    ]
     driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: _committed_rows(out) >= 6 or driver.poll() is not None, 240, "committed parts")
@@ -126,4 +148,3 @@ def test_sigkill_of_a_model_actor_is_survived_without_loss(many, reference, tmp_
     assert killed, "no model actor was found to kill"
     assert summary.num_images == N and summary.num_errors == 0
     assert stable(out) == reference
-

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -45,8 +44,14 @@ def test_a_poison_image_becomes_an_error_row_and_the_job_goes_on(sample_dir, tmp
     shutil.copy(images[2], data / "images" / (images[2].stem + "-poison.jpg"))
     out = tmp_path / "out"
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, ray_cluster.address, str(data), str(out), str(REPO)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, ray_cluster.address, str(data), str(out), str(REPO)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.split("SUMMARY ", 1)[1])
     assert summary == {"images": 13, "errors": 1, "processed": 13}

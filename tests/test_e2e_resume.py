@@ -17,7 +17,9 @@ pytestmark = pytest.mark.ray
 
 def stable(out: Path) -> tuple[list, dict, dict]:
     """The outputs that must not depend on how a run was split (timings excluded)."""
-    images = pq.read_table(out / "images.parquet").drop_columns(["t_read", "t_predict", "t_encode", "worker"]).to_pylist()
+    images = (
+        pq.read_table(out / "images.parquet").drop_columns(["t_read", "t_predict", "t_encode", "worker"]).to_pylist()
+    )
     coco = json.loads((out / "predictions.coco.json").read_text())
     coco.pop("info")
     return images, coco, json.loads((out / "metrics.json").read_text())
@@ -25,8 +27,14 @@ def stable(out: Path) -> tuple[list, dict, dict]:
 
 def test_a_rerun_computes_only_what_was_not_committed(sample_dir, tmp_path, ray_cluster):
     out = tmp_path / "out"
-    config = JobConfig(input=str(sample_dir / "images"), labels=str(sample_dir / "masks"), output=str(out),
-                       model="unet", batch_size=2, rows_per_part=2)
+    config = JobConfig(
+        input=str(sample_dir / "images"),
+        labels=str(sample_dir / "masks"),
+        output=str(out),
+        model="unet",
+        batch_size=2,
+        rows_per_part=2,
+    )
     first = run(config)
     assert first.num_processed == 12
     parts = sorted((out / "parts").glob("*.parquet"))
@@ -47,7 +55,7 @@ def test_a_rerun_computes_only_what_was_not_committed(sample_dir, tmp_path, ray_
     (out / "_SUCCESS").unlink()
     third = run(config)
     assert third.num_processed == 0
-    images, coco, _ = stable(out)
+    images, _coco, _ = stable(out)
     assert len(images) == 12 == len({r["image_id"] for r in images})
     assert stable(out) == reference
 
@@ -57,8 +65,14 @@ def test_several_model_batches_per_feed_block_give_the_same_outputs(sample_dir, 
     from segbatch import pipeline
 
     def config(out: Path) -> JobConfig:
-        return JobConfig(input=str(sample_dir / "images"), labels=str(sample_dir / "masks"), output=str(out),
-                         model="unet", batch_size=2, rows_per_part=2)
+        return JobConfig(
+            input=str(sample_dir / "images"),
+            labels=str(sample_dir / "masks"),
+            output=str(out),
+            model="unet",
+            batch_size=2,
+            rows_per_part=2,
+        )
 
     run(config(tmp_path / "one-per-block"))
     monkeypatch.setattr(pipeline, "FEED_BLOCKS", 2)  # 6 model batches in 2 blocks

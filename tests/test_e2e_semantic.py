@@ -24,10 +24,15 @@ from tests.helpers import read_outputs, semantic_maps
 
 pytestmark = pytest.mark.ray
 
-DECODE_ERRORS = {"corrupt.jpg": "decode: corrupt or truncated JPEG", "notes.jpg": "decode: not an image",
-                 "empty.jpg": "decode: empty file"}
-LABEL_ERRORS = {"nolabel.jpg": "label: missing label: no mask PNG matches 'nolabel.jpg'",
-                "wrongsize.jpg": "label: label size 50x40 does not match image size 160x120"}
+DECODE_ERRORS = {
+    "corrupt.jpg": "decode: corrupt or truncated JPEG",
+    "notes.jpg": "decode: not an image",
+    "empty.jpg": "decode: empty file",
+}
+LABEL_ERRORS = {
+    "nolabel.jpg": "label: missing label: no mask PNG matches 'nolabel.jpg'",
+    "wrongsize.jpg": "label: label size 50x40 does not match image size 160x120",
+}
 CONVERTED = ["cmyk.jpg", "gray16.png", "rgba.png", "palette.png", "rotated.jpg"]
 
 
@@ -70,8 +75,14 @@ def dataset(sample_dir: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def result(dataset: Path, tmp_path_factory, ray_cluster):
     out = tmp_path_factory.mktemp("run") / "out"
-    config = JobConfig(input=str(dataset / "images"), labels=str(dataset / "masks"), output=str(out),
-                       model="unet", batch_size=4, storage_options={"secret_token": "hunter2"})
+    config = JobConfig(
+        input=str(dataset / "images"),
+        labels=str(dataset / "masks"),
+        output=str(out),
+        model="unet",
+        batch_size=4,
+        storage_options={"secret_token": "hunter2"},
+    )
     summary = run(config)
     return config, summary, out, read_outputs(out)
 
@@ -160,13 +171,23 @@ def test_coco_json_loads_and_evaluates_with_pycocotools(dataset, result):
             m = np.asfortranarray((label == c).astype(np.uint8))
             if m.any():
                 rle = mask_utils.encode(m)
-                annotations.append({"id": len(annotations) + 1, "image_id": r["image_id"], "category_id": c,
-                                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                                    "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
-                                    "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": r["image_id"],
+                        "category_id": c,
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                        "area": float(mask_utils.area(rle)),
+                        "bbox": list(mask_utils.toBbox(rle)),
+                        "iscrowd": 0,
+                    }
+                )
     gt = COCO()
-    gt.dataset = {"images": images, "annotations": annotations,
-                  "categories": json.loads((out / "predictions.coco.json").read_text())["categories"]}
+    gt.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": json.loads((out / "predictions.coco.json").read_text())["categories"],
+    }
     gt.createIndex()
     dets = [{**a, "score": 1.0} for a in coco.loadAnns(coco.getAnnIds()) if a["image_id"] in gt.imgs]
     ev = COCOeval(gt, gt.loadRes(dets), "segm")
@@ -180,7 +201,7 @@ def test_job_json_records_provenance_without_secrets(result):
     _, _, out, o = result
     job = o["job"]
     assert job["status"] == "complete" and (out / "_SUCCESS").exists()
-    assert job["model"]["weights"]["sha256"] == hashlib.sha256(open(bundled_checkpoint(), "rb").read()).hexdigest()
+    assert job["model"]["weights"]["sha256"] == hashlib.sha256(Path(bundled_checkpoint()).read_bytes()).hexdigest()
     assert {"torch", "torchvision", "ray", "pyarrow", "segbatch"} <= set(job["versions"])
     assert job["config"]["storage_options"] == ["secret_token"]
     for path in out.iterdir():
@@ -189,7 +210,7 @@ def test_job_json_records_provenance_without_secrets(result):
 
 
 def test_rerun_of_a_finished_job_does_nothing(result, ray_cluster):
-    config, first, out, o = result
+    config, first, out, _o = result
     before = (out / "predictions.coco.json").read_bytes()
     again = run(config)
     assert again.num_processed == 0 and again.num_skipped == first.num_images
@@ -199,8 +220,9 @@ def test_rerun_of_a_finished_job_does_nothing(result, ray_cluster):
 def test_an_output_holding_another_job_is_refused(result):
     config, _, _, _ = result
     other = JobConfig(**{**config.__dict__, "model": "lraspp_mobilenet_v3_large", "weights": "none"})
-    with pytest.raises(JobError, match="already holds a different job .*model: 'unet' there, "
-                                       "'lraspp_mobilenet_v3_large' now"):
+    with pytest.raises(
+        JobError, match=r"already holds a different job .*model: 'unet' there, 'lraspp_mobilenet_v3_large' now"
+    ):
         run(other)
 
 
@@ -225,5 +247,6 @@ def test_an_actor_taking_several_batches_at_once_gives_the_same_outputs(result, 
         return sorted((m["image_id"], m["category_id"], m["segmentation"]["counts"]) for m in outputs["masks"])
 
     assert masks(again) == masks(o) and masks(o)
-    assert sorted((r["image_id"], r["status"]) for r in again["images"]) == \
-        sorted((r["image_id"], r["status"]) for r in o["images"])
+    assert sorted((r["image_id"], r["status"]) for r in again["images"]) == sorted(
+        (r["image_id"], r["status"]) for r in o["images"]
+    )

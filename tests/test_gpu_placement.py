@@ -30,8 +30,23 @@ def gpu_cluster(tmp_path_factory):
 
 
 def _run(gpu_cluster, sample_dir: Path, out: Path, *args: str) -> tuple[list[dict], str]:
-    cmd = [sys.executable, "-m", "segbatch.cli", "run", "--input", str(sample_dir / "images"), "--output", str(out),
-           "--model", "unet", "--batch-size", "1", "--ray-address", gpu_cluster.address, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbatch.cli",
+        "run",
+        "--input",
+        str(sample_dir / "images"),
+        "--output",
+        str(out),
+        "--model",
+        "unet",
+        "--batch-size",
+        "1",
+        "--ray-address",
+        gpu_cluster.address,
+        *args,
+    ]
     # Ray folds log lines that differ only in numbers ("[repeated 2x across cluster]"): keep them all.
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
@@ -70,8 +85,17 @@ def test_each_actor_gets_its_own_gpu_and_runs_on_the_cpu_without_cuda(gpu_cluste
 
 
 def test_fractional_gpus_pack_two_actors_per_gpu(gpu_cluster, sample_dir, tmp_path):
-    rows, log = _run(gpu_cluster, sample_dir, tmp_path / "half", "--actors", "4", "--gpus-per-actor", "0.5",
-                     "--cpus-per-actor", "0.5")
+    rows, log = _run(
+        gpu_cluster,
+        sample_dir,
+        tmp_path / "half",
+        "--actors",
+        "4",
+        "--gpus-per-actor",
+        "0.5",
+        "--cpus-per-actor",
+        "0.5",
+    )
     started = _started(log)
     assert set(_actors(rows)) <= set(started)  # images ran on these actors
     assert len(started) == 4, started

@@ -24,11 +24,14 @@ def test_rle_of_a_2x2_mask_is_hand_computed():
 
 
 def test_label_map_gives_one_mask_per_class_with_area_and_bbox():
-    lm = np.array([
-        [0, 0, 2, 2],
-        [0, 1, 2, 2],
-        [0, 1, 1, 0],
-    ], dtype=np.uint8)
+    lm = np.array(
+        [
+            [0, 0, 2, 2],
+            [0, 1, 2, 2],
+            [0, 1, 1, 0],
+        ],
+        dtype=np.uint8,
+    )
     masks = label_map_to_masks(lm, skip=(0,))
     assert [m.category_id for m in masks] == [1, 2]
     one, two = masks

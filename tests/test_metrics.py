@@ -35,8 +35,11 @@ def test_dataset_dice_sums_pixels_instead_of_averaging_images():
     # Summed: I=3, P=4, G=7 → 6/11, not the mean of per-image Dice (4/6 + 0.4) / 2.
     assert result["classes"]["thing"]["dice"] == pytest.approx(6 / 11)
     assert result["classes"]["thing"]["iou"] == pytest.approx(3 / 8)
-    assert (result["classes"]["thing"]["intersection"], result["classes"]["thing"]["pred_pixels"],
-            result["classes"]["thing"]["gt_pixels"]) == (3, 4, 7)
+    assert (
+        result["classes"]["thing"]["intersection"],
+        result["classes"]["thing"]["pred_pixels"],
+        result["classes"]["thing"]["gt_pixels"],
+    ) == (3, 4, 7)
     assert result["mean_dice"] == pytest.approx(6 / 11)  # background left out
     assert result["classes"]["background"]["dice"] == pytest.approx(2 * 0 / (4 + 1))
     assert result["pixel_accuracy"] == pytest.approx(3 / 8)
@@ -68,7 +71,13 @@ def test_unlabeled_runs_report_predicted_pixels_without_dice():
     ev = DiceEvaluator(2)
     ev.process_unlabeled(prediction_counts(np.array([[0, 1, 1]]), 2))
     result = ev.evaluate(["bg", "thing"], background=0)
-    assert result["classes"]["thing"] == {"dice": None, "iou": None, "intersection": 0, "pred_pixels": 2, "gt_pixels": 0}
+    assert result["classes"]["thing"] == {
+        "dice": None,
+        "iou": None,
+        "intersection": 0,
+        "pred_pixels": 2,
+        "gt_pixels": 0,
+    }
     assert result["mean_dice"] is None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import shutil
 import subprocess
@@ -38,8 +39,11 @@ SECRET = "s3cr3t-for-moto-only"
 @pytest.fixture(scope="module")
 def s3_options() -> Iterator[dict]:
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -63,13 +67,22 @@ def _s3(options: dict):
     return s3fs.S3FileSystem(**options)
 
 
-def _outputs(read) -> dict:
+def _outputs(read_bytes) -> dict:
     """What must be equal between runs on different storage (paths and timings aside)."""
+
+    def read(name: str) -> io.BytesIO:
+        return io.BytesIO(read_bytes(name))
+
     images = pq.read_table(read("images.parquet")).drop_columns(["uri", "t_read", "t_predict", "t_encode", "worker"])
     coco = json.loads(read("predictions.coco.json").read())
     coco.pop("info")  # carries the run's start time
-    return {"images": images.to_pylist(), "coco": coco, "masks": read("masks.parquet").read(),
-            "results": read("predictions.results.json").read(), "metrics": read("metrics.json").read()}
+    return {
+        "images": images.to_pylist(),
+        "coco": coco,
+        "masks": read("masks.parquet").read(),
+        "results": read("predictions.results.json").read(),
+        "metrics": read("metrics.json").read(),
+    }
 
 
 def coco_labels_from_masks(sample_dir: Path) -> bytes:
@@ -77,13 +90,23 @@ def coco_labels_from_masks(sample_dir: Path) -> bytes:
     images, annotations = [], []
     for image_id, png in enumerate(sorted((sample_dir / "masks").glob("*.png")), start=1):
         label = np.asarray(Image.open(png))
-        images.append({"id": image_id, "file_name": png.stem + ".jpg", "height": label.shape[0], "width": label.shape[1]})
+        images.append(
+            {"id": image_id, "file_name": png.stem + ".jpg", "height": label.shape[0], "width": label.shape[1]}
+        )
         for c in (1, 2, 3):
             if (label == c).any():
                 rle = mask_utils.encode(np.asfortranarray((label == c).astype(np.uint8)))
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": c, "iscrowd": 0,
-                                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                                    "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist()})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": c,
+                        "iscrowd": 0,
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                        "area": float(mask_utils.area(rle)),
+                        "bbox": mask_utils.toBbox(rle).tolist(),
+                    }
+                )
     cats = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
     return json.dumps({"images": images, "annotations": annotations, "categories": cats}).encode()
 
@@ -94,10 +117,18 @@ def local_reference(sample_dir: Path, tmp_path_factory, ray_cluster) -> tuple[Pa
     root = tmp_path_factory.mktemp("local")
     (root / "labels.json").write_bytes(coco_labels_from_masks(sample_dir))
     out = root / "out"
-    summary = run(JobConfig(input=str(sample_dir / "images"), labels=str(root / "labels.json"),
-                            weights=bundled_checkpoint(), output=str(out), model="unet", batch_size=4))
+    summary = run(
+        JobConfig(
+            input=str(sample_dir / "images"),
+            labels=str(root / "labels.json"),
+            weights=bundled_checkpoint(),
+            output=str(out),
+            model="unet",
+            batch_size=4,
+        )
+    )
     assert summary.num_images == 12 and summary.num_errors == 0 and summary.num_labeled == 12
-    return root, _outputs(lambda name: open(out / name, "rb"))
+    return root, _outputs(lambda name: (out / name).read_bytes())
 
 
 def test_a_job_entirely_in_buckets_equals_the_same_job_on_disk(s3_options, sample_dir, local_reference, ray_cluster):
@@ -108,14 +139,20 @@ def test_a_job_entirely_in_buckets_equals_the_same_job_on_disk(s3_options, sampl
     fs.put(str(sample_dir / "images"), "sb-in/data/images", recursive=True)
     fs.put(str(root / "labels.json"), "sb-in/data/labels.json")
     fs.put(bundled_checkpoint(), "sb-in/models/unet.pt")
-    config = JobConfig(input="s3://sb-in/data/images", labels="s3://sb-in/data/labels.json",
-                       weights="s3://sb-in/models/unet.pt", output="s3://sb-out/run1", model="unet",
-                       batch_size=4, storage_options=s3_options)
+    config = JobConfig(
+        input="s3://sb-in/data/images",
+        labels="s3://sb-in/data/labels.json",
+        weights="s3://sb-in/models/unet.pt",
+        output="s3://sb-out/run1",
+        model="unet",
+        batch_size=4,
+        storage_options=s3_options,
+    )
     s3_run = run(config)
     assert s3_run.num_images == 12 and s3_run.num_errors == 0
     assert fs.exists("sb-out/run1/_SUCCESS") and fs.exists("sb-out/run1/report.html")
     fs.invalidate_cache()
-    got = _outputs(lambda name: fs.open(f"sb-out/run1/{name}", "rb"))
+    got = _outputs(lambda name: fs.cat_file(f"sb-out/run1/{name}"))
     for key in want:
         assert got[key] == want[key], key
     # No secret lands in any output object.
@@ -137,12 +174,20 @@ def test_weights_and_labels_over_http_equal_local_files(sample_dir, local_refere
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         out = tmp_path / "out"
-        summary = run(JobConfig(input=str(sample_dir / "images"), labels=f"{base}/labels.json",
-                                weights=f"{base}/unet.pt", output=str(out), model="unet", batch_size=4))
+        summary = run(
+            JobConfig(
+                input=str(sample_dir / "images"),
+                labels=f"{base}/labels.json",
+                weights=f"{base}/unet.pt",
+                output=str(out),
+                model="unet",
+                batch_size=4,
+            )
+        )
     finally:
         server.shutdown()
     assert summary.num_images == 12 and summary.num_errors == 0
-    assert _outputs(lambda name: open(out / name, "rb")) == want
+    assert _outputs(lambda name: (out / name).read_bytes()) == want
 
 
 def test_s3_listing_pages_through_the_bucket(s3_options, sample_dir, tmp_path, monkeypatch):
@@ -161,8 +206,10 @@ def test_s3_listing_pages_through_the_bucket(s3_options, sample_dir, tmp_path, m
     monkeypatch.setattr(listing, "PAGE", 5)
     labels = listing.open_labels("s3://pages/ds/masks", s3_options)
     plan = listing.build_plan("s3://pages/ds/images", labels, IMAGE_EXTENSIONS, s3_options).manifest.to_pylist()
-    local = listing.build_plan(str(sample_dir / "images"), listing.open_labels(str(sample_dir / "masks")),
-                               IMAGE_EXTENSIONS).manifest.to_pylist()
+    local = listing.build_plan(
+        str(sample_dir / "images"), listing.open_labels(str(sample_dir / "masks")), IMAGE_EXTENSIONS
+    ).manifest.to_pylist()
     assert [r["file_name"] for r in plan] == [r["file_name"] for r in local] and len(plan) == 12
-    assert [r["label_uri"].removeprefix("s3://pages/ds/masks/") for r in plan] == \
-        [Path(r["label_uri"]).name for r in local]
+    assert [r["label_uri"].removeprefix("s3://pages/ds/masks/") for r in plan] == [
+        Path(r["label_uri"]).name for r in local
+    ]

@@ -50,20 +50,51 @@ def test_a_job_spans_two_nodes_and_survives_losing_one(tmp_path, ray_cluster):
     data = tmp_path / "data"
     write_sample_dataset(str(data), N, seed=99)
     reference_out = tmp_path / "reference"
-    run(JobConfig(input=str(data / "images"), labels=str(data / "masks"), output=str(reference_out), model="unet",
-                  batch_size=2, rows_per_part=2))
+    run(
+        JobConfig(
+            input=str(data / "images"),
+            labels=str(data / "masks"),
+            output=str(reference_out),
+            model="unet",
+            batch_size=2,
+            rows_per_part=2,
+        )
+    )
 
     out = tmp_path / "out"
-    with ray_head(tmp_path / "head.log", num_cpus=4, num_gpus=0) as head, \
-            ray_worker_node(head, tmp_path / "worker.log", num_cpus=2) as worker:
+    with (
+        ray_head(tmp_path / "head.log", num_cpus=4, num_gpus=0) as head,
+        ray_worker_node(head, tmp_path / "worker.log", num_cpus=2) as worker,
+    ):
         from ray.util.state import list_nodes
 
         alive = [n for n in list_nodes(address=head.dashboard) if n.state == "ALIVE"]
         assert len(alive) == 2
         worker_node = next(n.node_id for n in alive if not n.is_head_node)
-        cmd = [sys.executable, "-m", "segbatch.cli", "run", "--input", str(data / "images"), "--labels",
-               str(data / "masks"), "--output", str(out), "--model", "unet", "--batch-size", "2",
-               "--rows-per-part", "2", "--actors", "2", "--cpus-per-actor", "1", "--ray-address", head.address]
+        cmd = [
+            sys.executable,
+            "-m",
+            "segbatch.cli",
+            "run",
+            "--input",
+            str(data / "images"),
+            "--labels",
+            str(data / "masks"),
+            "--output",
+            str(out),
+            "--model",
+            "unet",
+            "--batch-size",
+            "2",
+            "--rows-per-part",
+            "2",
+            "--actors",
+            "2",
+            "--cpus-per-actor",
+            "1",
+            "--ray-address",
+            head.address,
+        ]
         # The driver's output goes to a file: a pipe nobody reads while we poll could fill and stall it.
         log_file = tmp_path / "driver.log"
         with open(log_file, "w") as sink:

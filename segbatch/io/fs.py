@@ -41,12 +41,16 @@ def require_shared_folder(fs: AbstractFileSystem, url: str, what: str) -> None:
     """
     protos = _protocols(fs)
     if "memory" in protos:
-        raise JobError(f"{what} {url!r} is on fsspec's in-process memory filesystem, which Ray workers (other "
-                       "processes) cannot see; use a local path every worker can reach, or object storage "
-                       "(s3://, gs://, …)")
+        raise JobError(
+            f"{what} {url!r} is on fsspec's in-process memory filesystem, which Ray workers (other "
+            "processes) cannot see; use a local path every worker can reach, or object storage "
+            "(s3://, gs://, …)"
+        )
     if "http" in protos or "https" in protos:
-        raise JobError(f"{what} {url!r} is an http(s) URL, which serves single files (weights, COCO labels, a "
-                       "label map), not folders; use a local path or object storage (s3://, gs://, …)")
+        raise JobError(
+            f"{what} {url!r} is an http(s) URL, which serves single files (weights, COCO labels, a "
+            "label map), not folders; use a local path or object storage (s3://, gs://, …)"
+        )
 
 
 def join(*parts: str) -> str:

@@ -36,7 +36,7 @@ def decode_image(data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             img.load()
     except UnidentifiedImageError:
         raise ImageError("decode", f"not an image: no decoder recognises its {len(data)} bytes") from None
@@ -75,8 +75,15 @@ def to_rgb(img: Image.Image) -> np.ndarray:
 
 def _format_name(data: bytes) -> str:
     """A best-effort name of the format from the magic bytes, for error messages."""
-    for magic, name in ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"RIFF", "WebP"),
-                        (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP")):
+    for magic, name in (
+        (b"\xff\xd8", "JPEG"),
+        (b"\x89PNG", "PNG"),
+        (b"GIF8", "GIF"),
+        (b"RIFF", "WebP"),
+        (b"II*\x00", "TIFF"),
+        (b"MM\x00*", "TIFF"),
+        (b"BM", "BMP"),
+    ):
         if data.startswith(magic):
             return name
     return "image"

@@ -22,15 +22,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
+from segbatch.categories import UNLABELED
 from segbatch.errors import ImageError, JobError
-
-UNLABELED = -2  # a pixel no COCO annotation covers (background)
 
 
 def read_mask_png(data: bytes) -> np.ndarray:
     """Mask PNG bytes → ``(H, W) uint8`` class ids (palette indices for mode ``P``)."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         img.load()
         img = ImageOps.exif_transpose(img)
     except UnidentifiedImageError:
@@ -46,9 +45,7 @@ def read_mask_png(data: bytes) -> np.ndarray:
         if arr.min() < 0 or arr.max() > 255:
             raise ImageError("label", f"mask values {arr.min()}..{arr.max()} do not fit class ids 0..255")
         return arr.astype(np.uint8)
-    raise ImageError(
-        "label", f"mask has mode {img.mode!r}; expected a single-channel class-id PNG (mode L or P)"
-    )
+    raise ImageError("label", f"mask has mode {img.mode!r}; expected a single-channel class-id PNG (mode L or P)")
 
 
 def check_size(label: np.ndarray, height: int, width: int) -> None:
@@ -72,7 +69,11 @@ def load_coco(data: bytes, source: str) -> CocoLabels:
         doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise JobError(f"labels {source!r} are not valid JSON: {err}") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not isinstance(doc.get("categories"), list):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("images"), list)
+        or not isinstance(doc.get("categories"), list)
+    ):
         raise JobError(f"labels {source!r} are not a COCO dataset: expected 'images' and 'categories' lists")
     categories = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
     records: dict[str, dict[str, Any]] = {}
@@ -81,20 +82,31 @@ def load_coco(data: bytes, source: str) -> CocoLabels:
         name = str(im["file_name"])
         if name in records:
             raise JobError(f"labels {source!r} list file_name {name!r} twice")
-        rec = {"id": int(im["id"]), "width": int(im["width"]), "height": int(im["height"]), "annotations": []}
+        rec: dict[str, Any] = {
+            "id": int(im["id"]),
+            "width": int(im["width"]),
+            "height": int(im["height"]),
+            "annotations": [],
+        }
         if rec["id"] in by_id:
             raise JobError(f"labels {source!r} use image id {rec['id']} twice")
         records[name] = by_id[rec["id"]] = rec
     for ann in doc.get("annotations") or []:
-        rec = by_id.get(int(ann["image_id"]))
-        if rec is None:
+        owner = by_id.get(int(ann["image_id"]))
+        if owner is None:
             continue  # an annotation of an image the file does not list: nothing to pair it with
         if int(ann["category_id"]) not in categories:
-            raise JobError(f"labels {source!r}: annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
-        rec["annotations"].append({
-            "id": int(ann.get("id", 0)), "category_id": int(ann["category_id"]),
-            "segmentation": ann.get("segmentation"), "iscrowd": int(ann.get("iscrowd", 0)),
-        })
+            raise JobError(
+                f"labels {source!r}: annotation {ann.get('id')} has unknown category_id {ann['category_id']}"
+            )
+        owner["annotations"].append(
+            {
+                "id": int(ann.get("id", 0)),
+                "category_id": int(ann["category_id"]),
+                "segmentation": ann.get("segmentation"),
+                "iscrowd": int(ann.get("iscrowd", 0)),
+            }
+        )
     return CocoLabels(categories=categories, records=records)
 
 

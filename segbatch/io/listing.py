@@ -22,13 +22,15 @@ from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.io.labels import CocoLabels, load_coco
 
-MANIFEST_SCHEMA = pa.schema([
-    pa.field("image_id", pa.int64(), nullable=False),
-    pa.field("file_name", pa.string(), nullable=False),
-    pa.field("uri", pa.string(), nullable=False),
-    pa.field("label_uri", pa.string()),
-    pa.field("label_record", pa.string()),
-])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("file_name", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("label_uri", pa.string()),
+        pa.field("label_record", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,12 @@ def _s3_pages(fs: Any, root: str, max_keys: int) -> Iterator[list[str]]:
     from fsspec.asyn import sync
 
     bucket, _, prefix = root.partition("/")
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/" if prefix else "",
-                              "MaxKeys": max_keys,
-                              **getattr(fs, "req_kw", {})}
+    kwargs: dict[str, Any] = {
+        "Bucket": bucket,
+        "Prefix": prefix.rstrip("/") + "/" if prefix else "",
+        "MaxKeys": max_keys,
+        **getattr(fs, "req_kw", {}),
+    }
     while True:
         out = sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
         names = [f"{bucket}/{c['Key']}" for c in out.get("Contents", []) if not c["Key"].endswith("/")]
@@ -108,8 +113,9 @@ def _s3_pages(fs: Any, root: str, max_keys: int) -> Iterator[list[str]]:
         kwargs["ContinuationToken"] = out["NextContinuationToken"]
 
 
-def list_images(fs: Any, root: str, input_url: str, extensions: tuple[str, ...],
-                exclude: str | None = None, page: int | None = None) -> pa.Table:
+def list_images(
+    fs: Any, root: str, input_url: str, extensions: tuple[str, ...], exclude: str | None = None, page: int | None = None
+) -> pa.Table:
     """Image files under ``root``: a table of ``file_name`` (relative to ``root``) and ``uri``, sorted by name.
 
     Raises :class:`JobError` if the input is missing, not a folder, or holds no image.
@@ -125,11 +131,20 @@ def list_images(fs: Any, root: str, input_url: str, extensions: tuple[str, ...],
     skip = exclude.rstrip("/") + "/" if exclude else None
     chunks = []
     for paths in iter_paths(fs, root, page):
-        rels = [p[len(prefix):] for p in paths
-                if posixpath.splitext(p)[1].lower() in extensions and not (skip and p.startswith(skip))]
+        rels = [
+            p[len(prefix) :]
+            for p in paths
+            if posixpath.splitext(p)[1].lower() in extensions and not (skip and p.startswith(skip))
+        ]
         if rels:
-            chunks.append(pa.table({"file_name": pa.array(rels, pa.string()),
-                                    "uri": pa.array([fsio.to_url(fs, prefix + r) for r in rels], pa.string())}))
+            chunks.append(
+                pa.table(
+                    {
+                        "file_name": pa.array(rels, pa.string()),
+                        "uri": pa.array([fsio.to_url(fs, prefix + r) for r in rels], pa.string()),
+                    }
+                )
+            )
     if not chunks:
         raise JobError(f"input {input_url!r} holds no images with extensions {', '.join(extensions)}")
     # Arrow sorts UTF-8 bytes, which is code-point order: the same order as Python's sorted().
@@ -156,16 +171,22 @@ def open_labels(labels_url: str, storage_options: Mapping[str, Any] | None = Non
         fsio.require_shared_folder(fs, labels_url, "labels")  # mask PNGs are read by the workers
         return LabelSource(labels_url, "png", fs, root, None)
     if not root.lower().endswith(".json"):
-        raise JobError(f"labels {labels_url!r} are a file but not a COCO .json; pass a COCO JSON or a folder of mask PNGs")
+        raise JobError(
+            f"labels {labels_url!r} are a file but not a COCO .json; pass a COCO JSON or a folder of mask PNGs"
+        )
     return LabelSource(labels_url, "coco", fs, root, load_coco(fs.cat_file(root), labels_url))
 
 
-def build_plan(input_url: str, labels: LabelSource | None, extensions: tuple[str, ...],
-               storage_options: Mapping[str, Any] | None = None) -> Plan:
+def build_plan(
+    input_url: str,
+    labels: LabelSource | None,
+    extensions: tuple[str, ...],
+    storage_options: Mapping[str, Any] | None = None,
+) -> Plan:
     """List the input, pair labels, and build the manifest table (Arrow; paths never all in Python at once)."""
     fs, root = fsio.resolve(input_url, storage_options)
-    nested_masks = labels is not None and labels.kind == "png" and labels.fs.protocol == fs.protocol
-    images = list_images(fs, root, input_url, extensions, exclude=labels.root if nested_masks else None)
+    exclude = labels.root if labels is not None and labels.kind == "png" and labels.fs.protocol == fs.protocol else None
+    images = list_images(fs, root, input_url, extensions, exclude=exclude)
     n = images.num_rows
     names = images.column("file_name")
     label_uris: pa.Array = pa.nulls(n, pa.string())
@@ -176,8 +197,16 @@ def build_plan(input_url: str, labels: LabelSource | None, extensions: tuple[str
         label_uris, unmatched = _pair_masks(labels.fs, labels.root, names)
     elif labels is not None and labels.coco is not None:
         ids, records, unmatched = _pair_coco(labels.coco, names)
-    manifest = pa.table({"image_id": ids, "file_name": names, "uri": images.column("uri"),
-                         "label_uri": label_uris, "label_record": records}, schema=MANIFEST_SCHEMA)
+    manifest = pa.table(
+        {
+            "image_id": ids,
+            "file_name": names,
+            "uri": images.column("uri"),
+            "label_uri": label_uris,
+            "label_record": records,
+        },
+        schema=MANIFEST_SCHEMA,
+    )
     return Plan(manifest=manifest, unmatched_labels=unmatched)
 
 
@@ -196,17 +225,31 @@ def _pair_masks(fs: Any, root: str, names: pa.ChunkedArray) -> tuple[pa.Array, i
     prefix = root.rstrip("/") + "/"
     chunks = []
     for paths in iter_paths(fs, root):
-        rels = [p[len(prefix):] for p in paths if p.lower().endswith(".png")]
+        rels = [p[len(prefix) :] for p in paths if p.lower().endswith(".png")]
         keys, stems = _keys(rels)
-        chunks.append(pa.table({"mask": pa.array(rels, pa.string()), "key": pa.array(keys, pa.string()),
-                                "stem": pa.array(stems, pa.string())}))
-    masks = pa.concat_tables(chunks) if chunks else pa.table({"mask": pa.array([], pa.string()),
-                                                              "key": pa.array([], pa.string()),
-                                                              "stem": pa.array([], pa.string())})
+        chunks.append(
+            pa.table(
+                {
+                    "mask": pa.array(rels, pa.string()),
+                    "key": pa.array(keys, pa.string()),
+                    "stem": pa.array(stems, pa.string()),
+                }
+            )
+        )
+    masks = (
+        pa.concat_tables(chunks)
+        if chunks
+        else pa.table(
+            {"mask": pa.array([], pa.string()), "key": pa.array([], pa.string()), "stem": pa.array([], pa.string())}
+        )
+    )
     by_key = masks.group_by("key").aggregate([("mask", "min")]).rename_columns(["key", "by_key"])
     stems = masks.group_by("stem").aggregate([("mask", "count"), ("mask", "min")])
-    by_stem = stems.filter(pc.equal(stems.column("mask_count"), 1)).select(["stem", "mask_min"]) \
+    by_stem = (
+        stems.filter(pc.equal(stems.column("mask_count"), 1))
+        .select(["stem", "mask_min"])
         .rename_columns(["stem", "by_stem"])
+    )
     img_chunks = []
     for start in range(0, len(names), PAGE):
         keys, img_stems = _keys(names.slice(start, PAGE).to_pylist())
@@ -227,8 +270,8 @@ def _pair_coco(coco: CocoLabels, names: pa.ChunkedArray) -> tuple[pa.Array, pa.A
     Images the COCO file does not list get ids above its largest, in path order.
     """
     by_base: dict[str, list[str]] = {}
-    for name in coco.records:
-        by_base.setdefault(posixpath.basename(name), []).append(name)
+    for key in coco.records:
+        by_base.setdefault(posixpath.basename(key), []).append(key)
     next_id = max([r["id"] for r in coco.records.values()], default=0) + 1
     used = set()
     id_chunks, record_chunks = [], []
@@ -236,7 +279,7 @@ def _pair_coco(coco: CocoLabels, names: pa.ChunkedArray) -> tuple[pa.Array, pa.A
         ids: list[int] = []
         records: list[str | None] = []
         for rel in names.slice(start, PAGE).to_pylist():
-            name = rel if rel in coco.records else None
+            name: str | None = rel if rel in coco.records else None
             if name is None:
                 cands = by_base.get(posixpath.basename(rel), [])
                 name = cands[0] if len(cands) == 1 else None

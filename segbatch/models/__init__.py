@@ -10,5 +10,4 @@ from segbatch.models.registry import (
     register_model,
 )
 
-__all__ = ["LoadedModel", "ModelOptions", "ModelSpec", "Preprocess", "get_model_spec", "list_models",
-           "register_model"]
+__all__ = ["LoadedModel", "ModelOptions", "ModelSpec", "Preprocess", "get_model_spec", "list_models", "register_model"]

@@ -9,6 +9,8 @@ The folded weights round differently (logits move by ~1e-7), so it is a job opti
 
 from __future__ import annotations
 
+import itertools
+
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -32,9 +34,14 @@ def fold_batchnorm(module: nn.Module) -> int:
         if not isinstance(sub, nn.Sequential):
             continue
         names = list(sub._modules)
-        for first, second in zip(names, names[1:]):
+        for first, second in itertools.pairwise(names):
             conv, bn = sub._modules[first], sub._modules[second]
-            if type(bn) is nn.BatchNorm2d and bn.track_running_stats and _foldable(conv):
+            if (
+                type(bn) is nn.BatchNorm2d
+                and bn.track_running_stats
+                and isinstance(conv, nn.Conv2d | nn.ConvTranspose2d)
+                and _foldable(conv)
+            ):
                 setattr(sub, first, fuse_conv_bn_eval(conv, bn, transpose=type(conv) is nn.ConvTranspose2d))
                 setattr(sub, second, nn.Identity())
                 folded += 1

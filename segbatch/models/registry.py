@@ -57,8 +57,13 @@ class Preprocess:
         chw = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
         size = self.output_size(int(chw.shape[1]), int(chw.shape[2]))
         if size != (chw.shape[1], chw.shape[2]):
-            x = nnf.interpolate(chw.unsqueeze(0).to(torch.float32), size=list(size), mode="bilinear",
-                                align_corners=False, antialias=True)
+            x = nnf.interpolate(
+                chw.unsqueeze(0).to(torch.float32),
+                size=list(size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
             chw = torch.round(x.squeeze(0)).to(torch.uint8)
         return chw.contiguous().numpy()
 
@@ -72,9 +77,11 @@ class Preprocess:
         return x
 
     def to_dict(self) -> dict[str, Any]:
-        return {"resize": list(self.resize) if isinstance(self.resize, tuple) else self.resize,
-                "mean": None if self.mean is None else list(self.mean),
-                "std": None if self.std is None else list(self.std)}
+        return {
+            "resize": list(self.resize) if isinstance(self.resize, tuple) else self.resize,
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocess:
@@ -120,7 +127,7 @@ class ModelSpec:
     state_dict; ``categories``/``preprocess`` are those of the default weights.
     ``coarse_logits(module, x)``, for a semantic model whose forward ends by upsampling its
     logits bilinearly to the input size: those logits before that step, ``(N, C, h, w)``
-    float (the predictor then resamples only where classes meet, see :mod:`segbatch.upsample`).
+    float (the predictor then resamples only where classes meet, see :mod:`segbatch.stages.classmap`).
     """
 
     name: str

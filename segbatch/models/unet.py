@@ -41,10 +41,15 @@ class TransposedConvUp(nn.Sequential):
     def __init__(self, cin: int, cout: int, mid: int | None = None) -> None:
         mid = mid or max(cin // 2, 1)
         super().__init__(
-            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
             nn.ConvTranspose2d(mid, mid, kernel_size=4, stride=2, padding=1, groups=mid, bias=False),
-            nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -85,8 +90,12 @@ def _build(kwargs: Mapping[str, Any], options: ModelOptions) -> nn.Module:
 def _infer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     head = state_dict["head.weight"]
     depth = len({k.split(".")[1] for k in state_dict if k.startswith("down.")})
-    return {"num_classes": int(head.shape[0]), "base_channels": int(head.shape[1]), "depth": depth,
-            "in_channels": int(state_dict["stem.0.weight"].shape[1])}
+    return {
+        "num_classes": int(head.shape[0]),
+        "base_channels": int(head.shape[1]),
+        "depth": depth,
+        "in_channels": int(state_dict["stem.0.weight"].shape[1]),
+    }
 
 
 def bundled_checkpoint() -> str:
@@ -94,14 +103,16 @@ def bundled_checkpoint() -> str:
     return str(resources.files("segbatch") / "data" / "unet_shapes.pt")
 
 
-register_model(ModelSpec(
-    name="unet",
-    task="semantic",
-    description="U-Net with transposed-convolution decoder blocks (DEFAULT: bundled shapes demo)",
-    categories=DEMO_CATEGORIES,
-    preprocess=DEMO_PREPROCESS,
-    default_weights=DefaultWeights(label="segbatch unet_shapes.pt", path=bundled_checkpoint()),
-    build=_build,
-    infer_kwargs=_infer,
-    default_kwargs=DEMO_KWARGS,
-))
+register_model(
+    ModelSpec(
+        name="unet",
+        task="semantic",
+        description="U-Net with transposed-convolution decoder blocks (DEFAULT: bundled shapes demo)",
+        categories=DEMO_CATEGORIES,
+        preprocess=DEMO_PREPROCESS,
+        default_weights=DefaultWeights(label="segbatch unet_shapes.pt", path=bundled_checkpoint()),
+        build=_build,
+        infer_kwargs=_infer,
+        default_kwargs=DEMO_KWARGS,
+    )
+)

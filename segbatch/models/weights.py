@@ -61,7 +61,10 @@ def resolve_weights(spec: ModelSpec, weights: str, storage_options: Mapping[str,
     if weights.lower() == "none":
         log.warning(
             "WEIGHTS=none: model %r is RANDOMLY INITIALISED (seed %d); its predictions are noise. "
-            "Use --weights DEFAULT or a checkpoint for real labels.", spec.name, RANDOM_INIT_SEED)
+            "Use --weights DEFAULT or a checkpoint for real labels.",
+            spec.name,
+            RANDOM_INIT_SEED,
+        )
         return ResolvedWeights(source="none", data=None, sha256=None)
     if weights.upper() == "DEFAULT":
         if spec.default_weights is None:
@@ -75,7 +78,9 @@ def resolve_weights(spec: ModelSpec, weights: str, storage_options: Mapping[str,
     except JobError:
         raise
     except FileNotFoundError:
-        raise JobError(f"weights file {weights!r} does not exist; valid values: DEFAULT, none, or a checkpoint path/URL") from None
+        raise JobError(
+            f"weights file {weights!r} does not exist; valid values: DEFAULT, none, or a checkpoint path/URL"
+        ) from None
     except Exception as err:  # fsspec backends raise their own types
         raise JobError(f"cannot read weights {weights!r}: {type(err).__name__}: {err}") from err
     return ResolvedWeights(source=weights, data=data, sha256=hashlib.sha256(data).hexdigest())
@@ -137,20 +142,27 @@ def parse_checkpoint(data: bytes, source: str) -> Checkpoint:
 
 
 def save_checkpoint(
-    path: str, arch: str, module: nn.Module, categories: list[str] | tuple[str, ...],
-    preprocess: Preprocess, model_kwargs: Mapping[str, Any] | None = None,
+    path: str,
+    arch: str,
+    module: nn.Module,
+    categories: list[str] | tuple[str, ...],
+    preprocess: Preprocess,
+    model_kwargs: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Write a segbatch checkpoint (loadable with ``weights_only=True``); returns its SHA-256."""
     buf = io.BytesIO()
-    torch.save({
-        "format": CHECKPOINT_FORMAT,
-        "arch": arch,
-        "categories": list(categories),
-        "preprocess": preprocess.to_dict(),
-        "model_kwargs": dict(model_kwargs or {}),
-        "state_dict": module.state_dict(),
-    }, buf)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "arch": arch,
+            "categories": list(categories),
+            "preprocess": preprocess.to_dict(),
+            "model_kwargs": dict(model_kwargs or {}),
+            "state_dict": module.state_dict(),
+        },
+        buf,
+    )
     data = buf.getvalue()
     fs, p = fsio.resolve(path, storage_options)
     fsio.write_bytes_atomic(fs, p, data)
@@ -190,20 +202,32 @@ def load_model(spec: ModelSpec, weights: ResolvedWeights, options: ModelOptions)
     categories = ckpt.categories or (spec.categories if num_classes == len(spec.categories) else None)
     if categories is None:
         categories = tuple(f"class_{i}" for i in range(num_classes))
-        log.warning("weights %r have %d classes but carry no names; calling them class_0..class_%d "
-                    "(a segbatch checkpoint carries names)", weights.source, num_classes, num_classes - 1)
+        log.warning(
+            "weights %r have %d classes but carry no names; calling them class_0..class_%d "
+            "(a segbatch checkpoint carries names)",
+            weights.source,
+            num_classes,
+            num_classes - 1,
+        )
     if len(categories) != num_classes:
         raise JobError(f"weights {weights.source!r} name {len(categories)} categories for {num_classes} classes")
     return _loaded(spec, module, tuple(categories), ckpt.preprocess or spec.preprocess, weights)
 
 
-def _loaded(spec: ModelSpec, module: nn.Module, categories: tuple[str, ...], preprocess: Preprocess,
-            weights: ResolvedWeights) -> LoadedModel:
+def _loaded(
+    spec: ModelSpec, module: nn.Module, categories: tuple[str, ...], preprocess: Preprocess, weights: ResolvedWeights
+) -> LoadedModel:
     module.eval()
     if spec.task == "semantic" and getattr(module, "aux_classifier", None) is not None:
         # The auxiliary head only matters for training; dropping it saves its forward pass.
-        module.aux_classifier = None
+        module.aux_classifier = None  # type: ignore[assignment]  # torchvision declares it Optional
     if spec.task == "semantic" and len(categories) > 255:
         raise JobError(f"model {spec.name!r} has {len(categories)} classes; label maps hold at most 255")
-    return LoadedModel(spec=spec, module=module, categories=categories, preprocess=preprocess,
-                       weights_source=weights.source, weights_sha256=weights.sha256)
+    return LoadedModel(
+        spec=spec,
+        module=module,
+        categories=categories,
+        preprocess=preprocess,
+        weights_source=weights.source,
+        weights_sha256=weights.sha256,
+    )

@@ -27,23 +27,28 @@ def _default_weights(enum: type[WeightsEnum]) -> DefaultWeights:
 def _coarse_simple(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """FCN and DeepLabV3 (torchvision's ``_SimpleSegmentationModel.forward``) up to, not
     including, its ``F.interpolate(..., size=input_shape, mode="bilinear", align_corners=False)``."""
-    return module.classifier(module.backbone(x)["out"])
+    return module.get_submodule("classifier")(module.get_submodule("backbone")(x)["out"])
 
 
 def _coarse_lraspp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``LRASPP.forward`` up to, not including, its final bilinear upsampling to the input size."""
-    return module.classifier(module.backbone(x))
+    return module.get_submodule("classifier")(module.get_submodule("backbone")(x))
 
 
-def _semantic(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEnum],
-              head_key: str, arch: str) -> ModelSpec:
+def _semantic(
+    name: str, builder: Callable[..., nn.Module], enum: type[WeightsEnum], head_key: str, arch: str
+) -> ModelSpec:
     weights = enum.DEFAULT
     t = weights.transforms()  # torchvision's SemanticSegmentation preset: resize_size, mean, std
     categories = tuple(weights.meta["categories"])
 
     def build(kwargs: Mapping[str, Any], options: ModelOptions) -> nn.Module:
-        return builder(weights=None, weights_backbone=None, num_classes=int(kwargs["num_classes"]),
-                       **({"aux_loss": bool(kwargs.get("aux_loss", False))} if "aux_loss" in kwargs else {}))
+        return builder(
+            weights=None,
+            weights_backbone=None,
+            num_classes=int(kwargs["num_classes"]),
+            **({"aux_loss": bool(kwargs.get("aux_loss", False))} if "aux_loss" in kwargs else {}),
+        )
 
     def infer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"num_classes": int(state_dict[head_key].shape[0])}
@@ -73,8 +78,13 @@ def _instance(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEn
         if options.min_size is not None:
             # Keep torchvision's 800:1333 ratio between the shorter and the longer side limit.
             size = {"min_size": options.min_size, "max_size": math.ceil(options.min_size * 1333 / 800)}
-        return builder(weights=None, weights_backbone=None, num_classes=int(kwargs["num_classes"]),
-                       box_score_thresh=options.score_threshold, **size)
+        return builder(
+            weights=None,
+            weights_backbone=None,
+            num_classes=int(kwargs["num_classes"]),
+            box_score_thresh=options.score_threshold,
+            **size,
+        )
 
     def infer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         return {"num_classes": int(state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0])}
@@ -98,18 +108,45 @@ S = segmentation
 for _spec in (
     _semantic("fcn_resnet50", S.fcn_resnet50, S.FCN_ResNet50_Weights, "classifier.4.weight", "FCN, ResNet-50"),
     _semantic("fcn_resnet101", S.fcn_resnet101, S.FCN_ResNet101_Weights, "classifier.4.weight", "FCN, ResNet-101"),
-    _semantic("deeplabv3_resnet50", S.deeplabv3_resnet50, S.DeepLabV3_ResNet50_Weights,
-              "classifier.4.weight", "DeepLabV3 (atrous, ASPP), ResNet-50"),
-    _semantic("deeplabv3_resnet101", S.deeplabv3_resnet101, S.DeepLabV3_ResNet101_Weights,
-              "classifier.4.weight", "DeepLabV3 (atrous, ASPP), ResNet-101"),
-    _semantic("deeplabv3_mobilenet_v3_large", S.deeplabv3_mobilenet_v3_large,
-              S.DeepLabV3_MobileNet_V3_Large_Weights, "classifier.4.weight",
-              "DeepLabV3 (atrous, ASPP), MobileNetV3-Large"),
-    _semantic("lraspp_mobilenet_v3_large", S.lraspp_mobilenet_v3_large, S.LRASPP_MobileNet_V3_Large_Weights,
-              "classifier.high_classifier.weight", "LRASPP, MobileNetV3-Large"),
-    _instance("maskrcnn_resnet50_fpn", detection.maskrcnn_resnet50_fpn,
-              detection.MaskRCNN_ResNet50_FPN_Weights, "Mask R-CNN, ResNet-50-FPN"),
-    _instance("maskrcnn_resnet50_fpn_v2", detection.maskrcnn_resnet50_fpn_v2,
-              detection.MaskRCNN_ResNet50_FPN_V2_Weights, "Mask R-CNN v2, ResNet-50-FPN"),
+    _semantic(
+        "deeplabv3_resnet50",
+        S.deeplabv3_resnet50,
+        S.DeepLabV3_ResNet50_Weights,
+        "classifier.4.weight",
+        "DeepLabV3 (atrous, ASPP), ResNet-50",
+    ),
+    _semantic(
+        "deeplabv3_resnet101",
+        S.deeplabv3_resnet101,
+        S.DeepLabV3_ResNet101_Weights,
+        "classifier.4.weight",
+        "DeepLabV3 (atrous, ASPP), ResNet-101",
+    ),
+    _semantic(
+        "deeplabv3_mobilenet_v3_large",
+        S.deeplabv3_mobilenet_v3_large,
+        S.DeepLabV3_MobileNet_V3_Large_Weights,
+        "classifier.4.weight",
+        "DeepLabV3 (atrous, ASPP), MobileNetV3-Large",
+    ),
+    _semantic(
+        "lraspp_mobilenet_v3_large",
+        S.lraspp_mobilenet_v3_large,
+        S.LRASPP_MobileNet_V3_Large_Weights,
+        "classifier.high_classifier.weight",
+        "LRASPP, MobileNetV3-Large",
+    ),
+    _instance(
+        "maskrcnn_resnet50_fpn",
+        detection.maskrcnn_resnet50_fpn,
+        detection.MaskRCNN_ResNet50_FPN_Weights,
+        "Mask R-CNN, ResNet-50-FPN",
+    ),
+    _instance(
+        "maskrcnn_resnet50_fpn_v2",
+        detection.maskrcnn_resnet50_fpn_v2,
+        detection.MaskRCNN_ResNet50_FPN_V2_Weights,
+        "Mask R-CNN v2, ResNet-50-FPN",
+    ),
 ):
     register_model(_spec)

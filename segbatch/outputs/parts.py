@@ -1,0 +1,138 @@
+"""Part files: committing them, reading them merged, and compacting them with bounded fan-in.
+
+Every part file (``parts/*.parquet``, :data:`segbatch.outputs.schema.PART_SCHEMA`) is sorted by
+``image_id``, so any set of parts merges by a k-way heap merge holding one record batch
+per open file. A retried task may have committed an image twice; both copies are equal,
+and every reader here keeps the first.
+
+Compaction rewrites many small parts (one per write task) into few larger ones, at most
+``fan_in`` files at a time, so that neither it nor finalize ever opens more than
+``fan_in`` files at once, whatever the number of images. It is crash-safe without any
+coordination: a merged part is committed atomically before its sources are deleted, and a
+crash in between only leaves duplicates, which the merge drops.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import logging
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from segbatch.io import fs as fsio
+from segbatch.outputs.folder import PARTS, OutDir
+from segbatch.outputs.schema import PART_SCHEMA
+
+log = logging.getLogger(__name__)
+
+FAN_IN = 64  # files open at once while merging
+TARGET_ROWS = 4096  # parts with fewer rows are merged with their neighbours
+_READ_BATCH = 64  # rows per record batch read from each open part: fan_in × this rows live at once
+_ROW_GROUP = 1024  # rows per row group written
+
+
+def write_part(table: pa.Table, parts_url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Commit one part file atomically under ``parts_url``; rows sorted by image_id. Returns its name."""
+    table = table.cast(PART_SCHEMA).sort_by("image_id")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    fs, root = fsio.resolve(parts_url, storage_options)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    fsio.write_bytes_atomic(fs, fsio.join(root, name), buf.getvalue())
+    return name
+
+
+def iter_part(out: OutDir, path: str) -> Iterator[dict[str, Any]]:
+    """Rows of one part file, in its (image_id) order."""
+    with out.fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=_READ_BATCH):
+            yield from batch.to_pylist()
+
+
+def merge_parts(out: OutDir, paths: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Rows of ``paths``, ascending ``image_id``, one per image (the first copy of a duplicate)."""
+    last = None
+    for row in heapq.merge(*(iter_part(out, p) for p in paths), key=lambda r: r["image_id"]):
+        if row["image_id"] == last:
+            continue
+        last = row["image_id"]
+        yield row
+
+
+def part_rows(out: OutDir, paths: Sequence[str]) -> list[int]:
+    """Row count of each part, from its Parquet footer (no data read)."""
+    counts = []
+    for p in paths:
+        with out.fs.open(p, "rb") as f:
+            counts.append(pq.ParquetFile(f).metadata.num_rows)
+    return counts
+
+
+def plan_compaction(rows: Sequence[int], *, fan_in: int = FAN_IN, target_rows: int = TARGET_ROWS) -> list[list[int]]:
+    """Which parts to merge together in one round; indices into ``rows``.
+
+    Consecutive small parts (``< target_rows`` rows) are grouped until a group reaches
+    ``target_rows`` rows or ``fan_in`` files. If that leaves nothing to do but more than
+    ``fan_in`` parts, the smallest ``fan_in`` are merged, so that the final merge's fan-in
+    stays bounded. Only groups of two or more files are returned.
+    """
+    if fan_in < 2:
+        raise ValueError(f"fan_in must be at least 2, got {fan_in}")
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    cur_rows = 0
+    for i, n in enumerate(rows):
+        if n >= target_rows:
+            continue
+        cur.append(i)
+        cur_rows += n
+        if len(cur) == fan_in or cur_rows >= target_rows:
+            groups.append(cur)
+            cur, cur_rows = [], 0
+    groups.append(cur)
+    groups = [g for g in groups if len(g) > 1]
+    if not groups and len(rows) > fan_in:
+        groups = [sorted(sorted(range(len(rows)), key=lambda i: rows[i])[:fan_in])]
+    return groups
+
+
+def compact_parts(out: OutDir, *, fan_in: int = FAN_IN, target_rows: int = TARGET_ROWS) -> int:
+    """Merge small parts (and, past ``fan_in`` files, the smallest ones) until none is left to merge.
+
+    Returns the number of part files afterwards. Memory: ``fan_in`` open readers (one
+    record batch each) plus one row group being written.
+    """
+    rounds = 0
+    while True:
+        paths = out.part_files()
+        groups = plan_compaction(part_rows(out, paths), fan_in=fan_in, target_rows=target_rows)
+        if not groups:
+            if rounds:
+                log.info("compacted parts in %d round(s): %d part files", rounds, len(paths))
+            return len(paths)
+        for group in groups:
+            sources = [paths[i] for i in group]
+            _write_merged(out, sources)
+            # The merged part is committed: the sources are now duplicates and can go.
+            for p in sources:
+                out.fs.rm(p)
+        rounds += 1
+
+
+def _write_merged(out: OutDir, sources: Sequence[str]) -> str:
+    path = out.path(PARTS, f"part-{uuid.uuid4().hex}.parquet")
+    rows: list[dict[str, Any]] = []
+    with fsio.atomic_open(out.fs, path) as f, pq.ParquetWriter(f, PART_SCHEMA, compression="zstd") as writer:
+        for row in merge_parts(out, sources):
+            rows.append(row)
+            if len(rows) == _ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(rows, schema=PART_SCHEMA))
+                rows.clear()
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=PART_SCHEMA))
+    return path

@@ -1,0 +1,72 @@
+"""The Parquet schemas of a run, defined once, here.
+
+Part files (``parts/*.parquet``) hold one row per image in :data:`PART_SCHEMA`: the
+``images.parquet`` columns plus the image's masks nested. Finalize splits them into
+``images.parquet`` (:data:`IMAGES_SCHEMA`) and ``masks.parquet`` (:data:`MASKS_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SEGMENTATION_TYPE = pa.struct(
+    [
+        pa.field("size", pa.list_(pa.int32())),  # [height, width]
+        pa.field("counts", pa.string()),  # COCO compressed RLE
+    ]
+)
+
+MASK_FIELDS = [
+    pa.field("category_id", pa.int32()),
+    pa.field("category", pa.string()),
+    pa.field("score", pa.float32()),  # null for semantic models
+    pa.field("area", pa.int64()),
+    pa.field("bbox", pa.list_(pa.float64(), 4)),  # [x, y, w, h]
+    pa.field("segmentation", SEGMENTATION_TYPE),
+]
+
+CLASS_STATS_TYPE = pa.struct(
+    [
+        pa.field("category", pa.string()),  # evaluation class name (metrics.json "classes" key)
+        pa.field("intersection", pa.int64()),  # null when the image has no label
+        pa.field("pred_pixels", pa.int64()),
+        pa.field("gt_pixels", pa.int64()),  # null when the image has no label
+    ]
+)
+
+CONFUSION_TYPE = pa.struct(
+    [
+        pa.field("gt", pa.int32()),  # evaluation class ids (job.json "eval_classes")
+        pa.field("pred", pa.int32()),
+        pa.field("pixels", pa.int64()),
+    ]
+)
+
+IMAGE_FIELDS = [
+    pa.field("image_id", pa.int64(), nullable=False),
+    pa.field("file_name", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("width", pa.int32()),  # after EXIF orientation; null if undecodable
+    pa.field("height", pa.int32()),
+    pa.field("status", pa.string(), nullable=False),  # "ok" | "error"
+    pa.field("error", pa.string()),  # "<stage>: <message>", null when ok
+    pa.field("labeled", pa.bool_(), nullable=False),
+    pa.field("dice", pa.float64()),  # per-image Dice; null without label or foreground
+    pa.field("num_masks", pa.int32(), nullable=False),
+    pa.field("class_stats", pa.list_(CLASS_STATS_TYPE)),
+    pa.field("confusion", pa.list_(CONFUSION_TYPE)),
+    pa.field("t_read", pa.float64()),  # seconds: fetch + decode + resize
+    pa.field("t_predict", pa.float64()),  # seconds: this image's share of its model batch
+    pa.field("t_encode", pa.float64()),  # seconds: RLE + label + scoring
+    pa.field("worker", pa.string()),  # where the model ran: "node=… pid=… device=cpu|cuda gpus=0"
+]
+
+IMAGES_SCHEMA = pa.schema(IMAGE_FIELDS)
+PART_SCHEMA = pa.schema([*IMAGE_FIELDS, pa.field("masks", pa.list_(pa.struct(MASK_FIELDS)))])
+MASKS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),  # COCO annotation id
+        pa.field("image_id", pa.int64(), nullable=False),
+        *MASK_FIELDS,
+    ]
+)

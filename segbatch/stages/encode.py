@@ -1,0 +1,160 @@
+"""The encode + score stage: predictions → RLE masks, labels → pixel sums, one part row per image.
+
+Runs in CPU tasks after the predict stage. For each image: encode the prediction's masks
+at the original size (COCO RLE, area, bbox); where a label exists, read it, map both
+sides into the evaluation class space and sum the confusion matrix; a label problem
+becomes the row's error while its prediction is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from segbatch.categories import PLACEHOLDER, EvalSpace
+from segbatch.errors import ImageError
+from segbatch.io import fs as fsio
+from segbatch.io.labels import check_size, coco_label_map, read_mask_png
+from segbatch.masks import EncodedMask, instances_to_label_map, instances_to_masks, label_map_to_masks
+from segbatch.metrics import confusion, image_dice, prediction_counts
+from segbatch.outputs.schema import PART_SCHEMA
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """What the encode stage needs to know about the run (explicit, picklable)."""
+
+    task: str  # "semantic" | "instance"
+    categories: tuple[str, ...]  # model categories, by model class id
+    background: int | None  # model class id of background (no mask is written for it)
+    eval_space: EvalSpace
+    label_kind: str | None  # "png" | "coco" | None
+    missing_labels: str  # "error" | "ignore"
+    storage_options: Mapping[str, Any]
+
+
+def encode_batch(batch: Mapping[str, np.ndarray], spec: EncodeSpec) -> pa.Table:
+    """A predicted batch (see :mod:`segbatch.stages.predict`) → a :data:`PART_SCHEMA` table."""
+    rows = [_encode_row({k: batch[k][i] for k in batch}, spec) for i in range(len(batch["image_id"]))]
+    return pa.Table.from_pylist(rows, schema=PART_SCHEMA)
+
+
+def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ok = row["status"] == "ok"
+    out: dict[str, Any] = {
+        "image_id": int(row["image_id"]),
+        "file_name": str(row["file_name"]),
+        "uri": str(row["uri"]),
+        "width": int(row["width"]) if ok or int(row["width"]) > 0 else None,
+        "height": int(row["height"]) if ok or int(row["height"]) > 0 else None,
+        "status": str(row["status"]),
+        "error": None if ok else str(row["error"]),
+        "labeled": False,
+        "dice": None,
+        "num_masks": 0,
+        "class_stats": [],
+        "confusion": [],
+        "masks": [],
+        "t_read": float(row["t_read"]),
+        "t_predict": float(row["t_predict"]),
+        "t_encode": None,
+        "worker": None if row.get("worker") is None else str(row["worker"]),
+    }
+    if not ok:
+        out["t_encode"] = time.perf_counter() - t0
+        return out
+    h, w = out["height"], out["width"]
+    if spec.task == "semantic":
+        model_map = np.asarray(row["label_map"])
+        masks = label_map_to_masks(model_map, skip=() if spec.background is None else (spec.background,))
+    else:
+        inst = np.asarray(row["inst_masks"]).reshape(-1, h, w)
+        labels, scores = np.asarray(row["inst_labels"]), np.asarray(row["inst_scores"])
+        # Placeholder ids (torchvision's unused COCO ids) are no category: a trained model
+        # never predicts them, an untrained one may.
+        real = np.array([spec.categories[int(c)] != PLACEHOLDER for c in labels], dtype=bool)
+        inst, labels, scores = inst[real], labels[real], scores[real]
+        masks = instances_to_masks(inst, labels, scores)
+        model_map = instances_to_label_map(inst, labels, scores, background=spec.background or 0)
+    out["masks"] = [_mask_dict(m, spec.categories) for m in masks]
+    out["num_masks"] = len(masks)
+    es = spec.eval_space
+    pred = es.predictions(model_map)
+    try:
+        gt = read_label(row, spec, h, w)
+    except ImageError as err:
+        gt = None
+        out["status"], out["error"] = "error", str(err)
+    if gt is None:
+        counts = prediction_counts(pred, es.num_classes)
+        out["class_stats"] = [
+            {"category": es.names[c], "intersection": None, "pred_pixels": int(counts[c]), "gt_pixels": None}
+            for c in np.flatnonzero(counts)
+        ]
+    else:
+        conf = confusion(gt, pred, es.num_classes)
+        inter, p, g = np.diag(conf), conf.sum(axis=0), conf.sum(axis=1)
+        out["labeled"] = True
+        out["dice"] = image_dice(conf, es.background)
+        out["class_stats"] = [
+            {"category": es.names[c], "intersection": int(inter[c]), "pred_pixels": int(p[c]), "gt_pixels": int(g[c])}
+            for c in np.flatnonzero(p + g)
+        ]
+        gi, pi = np.nonzero(conf)
+        out["confusion"] = [
+            {"gt": int(a), "pred": int(b), "pixels": int(conf[a, b])} for a, b in zip(gi, pi, strict=True)
+        ]
+    out["t_encode"] = time.perf_counter() - t0
+    return out
+
+
+def read_label(row: Mapping[str, Any], spec: EncodeSpec, h: int, w: int) -> np.ndarray | None:
+    """The image's label in evaluation ids ``(H, W) int32``, None if unlabeled (and allowed)."""
+    if spec.label_kind is None:
+        return None
+    if spec.label_kind == "png":
+        uri = row.get("label_uri")
+        if uri is None:
+            _missing(spec, f"no mask PNG matches {row['file_name']!r} (by relative path or unique stem)")
+            return None
+        try:
+            data = fsio.read_bytes(str(uri), spec.storage_options)
+        except Exception as err:  # fsspec backends raise their own types
+            raise ImageError("label", f"cannot read {uri}: {type(err).__name__}: {err}") from None
+        raw = read_mask_png(data)
+    else:
+        record = row.get("label_record")
+        if record is None:
+            _missing(spec, f"the COCO labels list no image with file_name {row['file_name']!r}")
+            return None
+        raw = coco_label_map(json.loads(str(record)))
+    check_size(raw, h, w)
+    try:
+        return spec.eval_space.labels(raw)
+    except ValueError as err:
+        raise ImageError("label", str(err)) from None
+
+
+def _missing(spec: EncodeSpec, message: str) -> None:
+    """Raise for a missing label unless the run ignores missing labels."""
+    if spec.missing_labels == "error":
+        raise ImageError("label", f"missing label: {message}")
+
+
+def _mask_dict(m: EncodedMask, categories: tuple[str, ...]) -> dict[str, Any]:
+    name = categories[m.category_id] if 0 <= m.category_id < len(categories) else f"class_{m.category_id}"
+    return {
+        "category_id": m.category_id,
+        "category": name,
+        "score": m.score,
+        "area": m.area,
+        "bbox": list(m.bbox),
+        "segmentation": {"size": m.rle["size"], "counts": m.rle["counts"]},
+    }
