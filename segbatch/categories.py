@@ -14,7 +14,7 @@ A file with neither key is read as the ``match`` mapping itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,29 @@ PLACEHOLDER = "N/A"  # torchvision's COCO category list has unused ids named N/A
 
 
 def normalize_name(name: str) -> str:
+    """The form names are compared in: lower case, letters and digits only (``tv/monitor`` = ``TV Monitor``)."""
     return re.sub(r"[^0-9a-z]+", "", name.lower())
+
+
+def resolve_names(requested: Iterable[str], available: Sequence[str], what: str) -> tuple[str, ...]:
+    """The names of ``available`` that ``requested`` names, compared as categories are everywhere
+    (:func:`normalize_name`), in the order requested. Raises :class:`JobError` naming the unknown
+    ones and the valid choices."""
+    by_norm: dict[str, str] = {}
+    for name in available:
+        by_norm.setdefault(normalize_name(name), name)
+    found, unknown = [], []
+    for name in requested:
+        match = by_norm.get(normalize_name(name))
+        if match is None:
+            unknown.append(name)
+        elif match not in found:
+            found.append(match)
+    if unknown:
+        valid = list(available)
+        shown = ", ".join(valid[:50]) + (f", … ({len(valid)} in all)" if len(valid) > 50 else "")
+        raise JobError(f"{what} {unknown} are unknown; valid: {shown}")
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,16 @@ class EvalSpace:
     pairs: tuple[tuple[str, str], ...]  # (model name, label name) matched
     model_only: tuple[str, ...]
     label_only: tuple[str, ...]
+    # Evaluation classes both sides know (matched by name or by the label map): only these count
+    # in mean Dice / IoU. Classes one side alone knows (a label id the model has no class for, a
+    # model class the labels never name) are reported as unmatched instead. None: every class.
+    counted: tuple[int, ...] | None = None
+
+    def counted_mask(self) -> np.ndarray:
+        """``(K,) bool``: which evaluation classes count in the means."""
+        mask = np.zeros(self.num_classes, dtype=bool)
+        mask[list(self.counted) if self.counted is not None else slice(None)] = True
+        return mask
 
     @property
     def num_classes(self) -> int:
@@ -104,6 +136,7 @@ class EvalSpace:
             "model_lut": self.model_lut.tolist(),
             "label_lut": self.label_lut.tolist(),
             "label_offset": self.label_offset,
+            "counted": None if self.counted is None else list(self.counted),
         }
 
     @classmethod
@@ -117,6 +150,7 @@ class EvalSpace:
             pairs=tuple((str(a), str(b)) for a, b in d["matched"]),
             model_only=tuple(d["model_only"]),
             label_only=tuple(d["label_only"]),
+            counted=None if d.get("counted") is None else tuple(int(c) for c in d["counted"]),
         )
 
 
@@ -174,16 +208,12 @@ def build_eval_space(
     for lid, lname in label_names.items():
         by_norm_label.setdefault(normalize_name(lname), []).append(lid)
     label_by_name = {lname: lid for lid, lname in label_names.items()}
+    resolved: dict[str, str] = {}
     for m, lab in overrides.items():
-        if m not in first_model_id:
-            raise JobError(
-                f"label map matches unknown model category {m!r}; model categories: {sorted(first_model_id)}"
-            )
-        if lab not in label_by_name:
-            raise JobError(
-                f"label map matches {m!r} to unknown label category {lab!r}; "
-                f"label categories: {sorted(set(label_names.values()))[:50]}"
-            )
+        (model_name,) = resolve_names([m], list(first_model_id), "label map: model categories")
+        (label_name,) = resolve_names([lab], sorted(set(label_names.values())), f"label map ({m!r}): label categories")
+        resolved[model_name] = label_name
+    overrides = resolved
 
     label_eval: dict[int, int] = {}
     pairs: list[tuple[str, str]] = []
@@ -230,4 +260,7 @@ def build_eval_space(
             lut[lid - lo] = e
         lut[UNLABELED - lo] = bg_eval if bg_eval is not None else IGNORE
         offset = lo
-    return EvalSpace(tuple(names), bg_eval, model_lut, lut, offset, tuple(pairs), model_only, tuple(label_only))
+    counted = tuple(sorted({int(model_lut[first_model_id[m]]) for m, _ in pairs}))
+    return EvalSpace(
+        tuple(names), bg_eval, model_lut, lut, offset, tuple(pairs), model_only, tuple(label_only), counted
+    )

@@ -27,6 +27,14 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _storage_options(text: str) -> dict[str, Any]:
+    """``--storage-options`` for argparse: a bad value is a usage error (exit 2, one line), not a traceback."""
+    try:
+        return parse_storage_options(text)
+    except JobError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--storage-options ")) from None
+
+
 # (flag, config key, type, help) of every option `run` shares with job YAML files.
 _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--input", "input", str, "folder or prefix of images (local path or fsspec URL)"),
@@ -56,9 +64,16 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--mask-threshold", "mask_threshold", float, "instance models: mask probability threshold (default 0.5)"),
     ("--min-size", "min_size", int, "instance models: shorter side the model resizes to (default: the model's)"),
     ("--precision", "precision", str, "fp32 (default), fp16 or bf16 autocast on GPU"),
+    (
+        "--high-bit-depth",
+        "high_bit_depth",
+        str,
+        "16-bit grayscale to 8 bits: range (default: the image's own min..max), percentile (ImageJ's auto "
+        "contrast) or full (÷257)",
+    ),
     ("--rows-per-part", "rows_per_part", int, "images per committed part file (default 64)"),
     ("--ray-address", "ray_address", str, "Ray cluster address (default: RAY_ADDRESS or a local cluster)"),
-    ("--storage-options", "storage_options", parse_storage_options, "fsspec options as JSON, e.g. '{\"anon\": true}'"),
+    ("--storage-options", "storage_options", _storage_options, "fsspec options as JSON, e.g. '{\"anon\": true}'"),
 ]
 
 # Options of the COCO exports, shared by `run` and `export`.
@@ -135,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--max-dice", type=float, default=None, help="only images whose Dice is at most this")
     audit.add_argument("--sample", type=int, default=None, help="audit a random sample of N labeled images")
     audit.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
-    audit.add_argument("--storage-options", type=parse_storage_options, default={})
+    audit.add_argument("--storage-options", type=_storage_options, default={})
     metrics = sub.add_parser("metrics", help="recompute metrics.json from a finished run's Parquet and print it")
     metrics.add_argument("run_dir")
-    metrics.add_argument("--storage-options", type=parse_storage_options, default={})
+    metrics.add_argument("--storage-options", type=_storage_options, default={})
     export = sub.add_parser("export", help="rewrite a finished run's COCO files with other export options")
     export.add_argument("run_dir")
     _add_options(export, _EXPORT_OPTIONS)
-    export.add_argument("--storage-options", dest="storage_options", type=parse_storage_options, default={})
+    export.add_argument("--storage-options", dest="storage_options", type=_storage_options, default={})
     sample = sub.add_parser("sample", help="write generated shape images and mask PNGs")
     sample.add_argument("out_dir")
     sample.add_argument("--n", type=int, default=32)
@@ -202,10 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("audit", "metrics", "export"):
             return _offline(args)
-        config = demo_config(args.output, args.ray_address) if args.command == "demo" else config_from_args(args)
-        from segbatch.pipeline import run
-
-        summary = run(config)
+        summary = _run(args)
     except JobError as err:
         print(f"segbatch: error: {err}", file=sys.stderr)
         return 2
@@ -213,15 +225,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> Any:
+    """A run as the console shows it: Ray's harmless noise filtered, and one Ctrl-C stopping it
+    cleanly from the first moment (the handlers go in before torch and Ray are imported)."""
+    from segbatch.driver.console import StderrFilter
+    from segbatch.driver.interrupt import GracefulStop
+
+    configs: list[JobConfig] = []
+    with StderrFilter(), GracefulStop(lambda: _committed_line(configs), resume=_RESUME):
+        configs.append(demo_config(args.output, args.ray_address) if args.command == "demo" else config_from_args(args))
+        from segbatch.pipeline import run
+
+        return run(configs[0])
+
+
+_RESUME = "rerun the same command to resume: committed images are skipped, the rest are labeled"
+
+
+def _committed_line(configs: list[JobConfig]) -> str:
+    """How many images are committed in the run's output (for the interrupt message)."""
+    from segbatch.outputs.folder import MANIFEST, PARTS, OutDir
+
+    if not configs:
+        return "nothing is committed yet"
+    config = configs[0]
+    out = OutDir.open(config.output, config.storage_options)
+    done = len(out.committed_ids())
+    total = out.read_table(MANIFEST).num_rows if out.exists(MANIFEST) else None
+    of = f" of {total}" if total is not None else ""
+    return f"{done}{of} images are committed in {out.url_of(PARTS)}"
+
+
 def _offline(args: argparse.Namespace) -> int:
     """``audit`` / ``metrics`` / ``export``: work on a finished run's files, no Ray, no model."""
     import json
 
-    from segbatch.outputs.folder import JOB, OutDir
+    from segbatch.io.fs import storage_errors
+    from segbatch.outputs.folder import JOB, SUCCESS, OutDir
 
     out = OutDir.open(args.run_dir, args.storage_options)
-    if not out.exists(JOB):
-        raise JobError(f"{args.run_dir!r} is not a segbatch run ({JOB} is missing)")
+    with storage_errors(args.run_dir, "run"):
+        if not out.exists(JOB):
+            raise JobError(f"{args.run_dir!r} is not a segbatch run ({JOB} is missing)")
+        if not out.exists(SUCCESS):
+            raise JobError(
+                f"{args.run_dir!r} holds a run that has not finished ({SUCCESS} is missing): rerun its "
+                f"`segbatch run` command to complete it (committed images are kept), then {args.command} it"
+            )
     if args.command == "metrics":
         from segbatch.outputs.run_metrics import recompute_metrics
 
@@ -236,25 +286,16 @@ def _offline(args: argparse.Namespace) -> int:
             max_dice=args.max_dice,
             sample=args.sample,
             seed=args.seed,
-            storage_options=args.storage_options,
         )
         print(f"audit report: {write_report(out, options)}")
         return 0
-    from segbatch.outputs.coco import write_coco_exports
-    from segbatch.pipeline import coco_info
+    from segbatch.driver.plan import coco_info
+    from segbatch.outputs.coco import rewrite_coco_exports
 
     job = out.read_json(JOB)
     values = {**job["config"], **{k: v for k, v in vars(args).items() if k not in ("command", "run_dir")}}
     config = JobConfig.from_mapping(values)
-    model = job["model"]
-    counts = write_coco_exports(
-        out,
-        task=model["task"],
-        model_categories=tuple(model["categories"]),
-        background=model["background"],
-        info=coco_info(model["name"], job.get("started", "")),
-        options=config.export_options(),
-    )
+    counts = rewrite_coco_exports(out, config.export_options(), coco_info(job["model"]["name"], job.get("started", "")))
     print(
         f"wrote {counts['annotations']} annotations to {out.url_of('predictions.coco.json')} "
         f"({counts['below_min_area']} below the minimum area, {counts['other_class']} of other classes left out)"

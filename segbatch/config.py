@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from segbatch.errors import JobError
+from segbatch.io.images import HIGH_BIT_DEPTHS, HighBitDepth
 
 Precision = Literal["fp32", "fp16", "bf16"]
 MissingLabelPolicy = Literal["error", "ignore"]
@@ -67,6 +68,9 @@ class JobConfig:
     # DeepLabV3-MobileNetV3 1.1× faster on a CPU; logits move by ~1e-7 (near-ties only).
     # False: torchvision's operators, exactly.
     fold_batchnorm: bool = True
+    # How 16/32-bit grayscale becomes 8-bit (segbatch.io.images): "range" (the image's own
+    # min..max), "percentile" (ImageJ's auto contrast) or "full" (÷257).
+    high_bit_depth: HighBitDepth = "range"
     rows_per_part: int = 64
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ray_address: str | None = None
@@ -109,6 +113,10 @@ class JobConfig:
             raise JobError(f"fold_batchnorm must be true or false, got {self.fold_batchnorm!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise JobError(f"precision must be one of fp32, fp16, bf16, got {self.precision!r}")
+        if self.high_bit_depth not in HIGH_BIT_DEPTHS:
+            raise JobError(
+                f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTHS)}, got {self.high_bit_depth!r}"
+            )
         if self.missing_labels not in ("error", "ignore"):
             raise JobError(f"missing_labels must be 'error' or 'ignore', got {self.missing_labels!r}")
         if self.label_map is not None and self.labels is None:

@@ -109,11 +109,13 @@ class DiceEvaluator:
         """Add one unlabeled image's ``(K,)`` predicted pixel counts."""
         self.pred_unlabeled += pred_counts
 
-    def evaluate(self, names: list[str], background: int | None) -> dict:
-        """The ``classes`` / ``mean_dice`` / ``mean_iou`` part of metrics.json.
+    def evaluate(self, names: list[str], background: int | None, counted: np.ndarray | None = None) -> dict:
+        """The ``classes`` / ``mean_dice`` / ``mean_iou`` / ``mean_over`` part of metrics.json.
 
         With labeled images, sums run over them; with none, ``classes`` reports predicted
-        pixels of every image and Dice/IoU are null.
+        pixels of every image and Dice/IoU are null. ``counted`` (``(K,) bool``, default all):
+        the classes that may count in the means (both model and labels know them); the means
+        average those present, background left out, and ``mean_over`` names them.
         """
         if len(names) != self.num_classes:
             raise ValueError(f"{len(names)} names for {self.num_classes} classes")
@@ -124,6 +126,9 @@ class DiceEvaluator:
             zeros = np.zeros(self.num_classes, dtype=np.int64)
             sums = ClassSums(intersection=zeros, pred=self.pred_unlabeled, gt=zeros)
         dice, iou, present = sums.dice(), sums.iou(), sums.present()
+        in_mean = present & (counted if counted is not None else True)
+        if background is not None:
+            in_mean[background] = False
         classes = {}
         for c in np.flatnonzero(present):
             classes[names[c]] = {
@@ -135,8 +140,9 @@ class DiceEvaluator:
             }
         return {
             "classes": classes,
-            "mean_dice": mean_over_present(dice, present, background) if labeled else None,
-            "mean_iou": mean_over_present(iou, present, background) if labeled else None,
+            "mean_dice": mean_over_present(dice, in_mean, background) if labeled else None,
+            "mean_iou": mean_over_present(iou, in_mean, background) if labeled else None,
+            "mean_over": [names[c] for c in np.flatnonzero(in_mean)] if labeled else [],
             "pixel_accuracy": float(np.trace(self.conf) / self.conf.sum()) if labeled and self.conf.sum() else None,
         }
 

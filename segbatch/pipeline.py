@@ -1,7 +1,8 @@
 """The job: plan on the driver, read → predict → encode → write on Ray Data, finalize.
 
 This is the only module that wires Ray (the datasink lives in :mod:`segbatch.stages.sink`, kept
-torch-free). Each stage gets explicit arguments:
+torch-free; what the driver decides before and around it lives in :mod:`segbatch.driver`). Each
+stage gets explicit arguments:
 
     manifest ─▶ read_slices (CPU tasks) ─▶ Predictor (actor pool, GPU-pinned or CPU)
              ─▶ encode_batch (CPU tasks) ─▶ PartsDatasink (atomic part files) ─▶ finalize
@@ -9,15 +10,12 @@ torch-free). Each stage gets explicit arguments:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import platform
-import sys
+import socket
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,16 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from segbatch._version import __version__
-from segbatch.categories import EvalSpace, build_eval_space, parse_label_map
-from segbatch.config import JobConfig, redact_url
+from segbatch.config import JobConfig
+from segbatch.driver import interrupt
+from segbatch.driver.plan import Prepared, coco_info, model_options, prepare
+from segbatch.driver.summary import RunSummary
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
-from segbatch.io.listing import Plan, build_plan, open_labels
-from segbatch.models.registry import LoadedModel, ModelOptions, get_model_spec
-from segbatch.models.weights import ResolvedWeights, load_model, resolve_weights
+from segbatch.outputs.coco import rewrite_coco_exports
 from segbatch.outputs.finalize import FinalizeSpec, finalize
-from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS, OutDir, check_output, job_identity
+from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS
 from segbatch.outputs.parts import write_part
 from segbatch.outputs.schema import PART_SCHEMA
 from segbatch.stages.encode import EncodeSpec, encode_batch
@@ -43,6 +40,8 @@ from segbatch.stages.feed import read_slices
 from segbatch.stages.predict import Predictor, pick_device
 from segbatch.stages.read import read_batch
 from segbatch.stages.sink import PartsDatasink
+
+__all__ = ["RunSummary", "run"]
 
 log = logging.getLogger("segbatch")
 
@@ -54,141 +53,8 @@ ISOLATE_MAX = 256
 # Ray Data puts each input block in the object store from the driver (~1 ms each here):
 # past this many model batches, a block carries several (its read task reads them in turn).
 FEED_BLOCKS = 1000
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a run did; also printed at its end."""
-
-    output: str
-    num_images: int
-    num_processed: int  # images computed by this run
-    num_skipped: int  # images already committed by an earlier run
-    num_errors: int
-    num_masks: int
-    num_labeled: int
-    mean_dice: float | None
-    seconds: float
-    images_per_second: float | None
-    metrics: dict[str, Any]
-    report: bool = False  # report.html was written
-
-    def lines(self) -> list[str]:
-        rate = f", {self.images_per_second:.2f} img/s" if self.images_per_second else ""
-        out = [
-            f"segbatch: {self.num_images} images ({self.num_processed} processed, {self.num_skipped} resumed, "
-            f"{self.num_errors} errors) -> {self.num_masks} masks in {self.seconds:.1f} s{rate}"
-        ]
-        if self.num_labeled:
-            dice = "n/a" if self.mean_dice is None else f"{self.mean_dice:.4f}"
-            out.append(f"  mean Dice {dice} over {self.num_labeled} labeled images (background excluded)")
-            for name, c in self.metrics.get("classes", {}).items():
-                if c.get("dice") is not None:
-                    out.append(f"    {name:<24} Dice {c['dice']:.4f}  IoU {c['iou']:.4f}")
-        unmatched = self.metrics.get("unmatched", {})
-        if unmatched.get("model_only") or unmatched.get("label_only"):
-            out.append(
-                f"  categories only the model knows: {unmatched.get('model_only')}; "
-                f"only the labels know: {unmatched.get('label_only')}"
-            )
-        files = "predictions.coco.json, predictions.results.json, images.parquet, masks.parquet, metrics.json"
-        if self.num_labeled and self.report:
-            files += ", report.html"
-        out.append(f"  outputs in {self.output}: {files}")
-        return out
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    out: OutDir
-    plan: Plan
-    label_kind: str | None
-    loaded: LoadedModel
-    weights: ResolvedWeights
-    eval_space: EvalSpace
-    job: dict[str, Any]
-    resumed: bool
-
-
-def _model_options(config: JobConfig) -> ModelOptions:
-    return ModelOptions(
-        score_threshold=config.score_threshold, mask_threshold=config.mask_threshold, min_size=config.min_size
-    )
-
-
-def prepare(config: JobConfig) -> _Prepared:
-    """Everything that can fail before work starts: model, weights, input, labels, output."""
-    so = config.storage_options
-    spec = get_model_spec(config.model)
-    weights = resolve_weights(spec, config.weights, so)
-    loaded = load_model(spec, weights, _model_options(config))
-    label_map = None
-    label_map_sha = None
-    if config.label_map is not None:
-        try:
-            data = fsio.read_bytes(config.label_map, so)
-        except FileNotFoundError:
-            raise JobError(f"label map {config.label_map!r} does not exist") from None
-        label_map = parse_label_map(data, config.label_map)
-        label_map_sha = hashlib.sha256(data).hexdigest()
-    out = OutDir.open(config.output, so)
-    fsio.require_shared_folder(out.fs, config.output, "output")
-    identity = job_identity(
-        input=redact_url(config.input),
-        labels=None if config.labels is None else redact_url(config.labels),
-        label_map_sha256=label_map_sha,
-        model=config.model,
-        weights_source=redact_url(weights.source),
-        weights_sha256=weights.sha256,
-        options={
-            "score_threshold": config.score_threshold,
-            "mask_threshold": config.mask_threshold,
-            "min_size": config.min_size,
-            "precision": config.precision,
-            "channels_last": config.channels_last,
-            "fold_batchnorm": config.fold_batchnorm,
-            "missing_labels": config.missing_labels,
-            "extensions": list(config.extensions),
-        },
-    )
-    resumed = check_output(out, identity)
-    labels = None if config.labels is None else open_labels(config.labels, so)
-    if resumed and out.exists(MANIFEST):
-        # The manifest is frozen at the first run: a resumed run covers exactly those
-        # images, and the input is not listed again.
-        plan = Plan(
-            manifest=out.read_table(MANIFEST),
-            unmatched_labels=out.read_json(JOB).get("labels", {}).get("unmatched_label_files", 0),
-        )
-    else:
-        plan = build_plan(config.input, labels, config.extensions, so)
-    label_kind = None if labels is None else labels.kind
-    eval_space = build_eval_space(
-        loaded.categories,
-        loaded.background,
-        label_kind,
-        labels.coco.categories
-        if labels is not None and labels.coco is not None
-        else (label_map.categories if label_map else None),
-        label_map.match if label_map else None,
-    )
-    job = {
-        "identity": identity,
-        "config": config.public_dict(),
-        "model": {
-            "name": spec.name,
-            "task": spec.task,
-            "description": spec.description,
-            "categories": list(loaded.categories),
-            "background": loaded.background,
-            "preprocess": loaded.preprocess.to_dict(),
-            "weights": {"source": redact_url(weights.source), "sha256": weights.sha256},
-        },
-        "labels": {"kind": label_kind, "unmatched_label_files": plan.unmatched_labels},
-        "eval_classes": eval_space.to_dict(),
-        "versions": _versions(),
-    }
-    return _Prepared(out, plan, label_kind, loaded, weights, eval_space, job, resumed)
+# How long an explicit --ray-address may take to answer before the run stops with a message.
+CONNECT_TIMEOUT_S = 10.0
 
 
 def run(config: JobConfig) -> RunSummary:
@@ -196,24 +62,30 @@ def run(config: JobConfig) -> RunSummary:
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     prep = prepare(config)
+    for warning in prep.warnings:
+        log.warning("%s", warning)
     out, manifest = prep.out, prep.plan.manifest
-    if not prep.resumed or not out.exists(MANIFEST):
-        out.write_table(MANIFEST, manifest)
-    out.write_json(JOB, {**prep.job, "status": "running", "started": started})
+    notes = _input_notes(prep)
     all_ids = set(manifest.column("image_id").to_pylist())
     committed = out.committed_ids() & all_ids
     done = pc.is_in(manifest.column("image_id"), value_set=pa.array(sorted(committed), pa.int64()))
     todo = manifest.filter(pc.invert(done))
     if prep.resumed and not todo.num_rows and out.exists(SUCCESS):
-        metrics = out.read_json(METRICS)
-        log.info("output %s already holds this job, complete: nothing to do", config.output)
-        return _summary(config, metrics, processed=0, skipped=len(committed), seconds=time.perf_counter() - t_start)
+        return _finished_already(config, prep, len(committed), notes, time.perf_counter() - t_start)
+    first_started = out.read_json(JOB).get("started", started) if prep.resumed else started
+    if not prep.resumed or not out.exists(MANIFEST):
+        out.write_table(MANIFEST, manifest)
+    out.write_json(JOB, {**prep.job, "status": "running", "started": first_started, "this_run_started": started})
     if committed:
         log.info("resuming: %d of %d images already committed, %d to go", len(committed), len(all_ids), todo.num_rows)
     t_ray = time.perf_counter()
+    applied = dict(prep.job["applied"])
+    layout: dict[str, Any] = {}
     if todo.num_rows:
-        _execute(config, prep, todo)
+        layout = _execute(config, prep, todo)
+        applied["precision"] = layout["precision"]
     t_final = time.perf_counter()
+    export = config.export_options()
     metrics = finalize(
         out,
         all_ids,
@@ -222,16 +94,17 @@ def run(config: JobConfig) -> RunSummary:
             categories=prep.loaded.categories,
             background=prep.loaded.background,
             eval_classes=prep.job["eval_classes"],
-            coco_info=coco_info(config.model, started),
-            export=config.export_options(),
+            coco_info=coco_info(config.model, first_started),
+            export=export,
             coco_labels=config.labels if prep.label_kind == "coco" else None,
         ),
     )
+    report = False
     if config.report and metrics["num_labeled"]:
         from segbatch.audit.report import AuditOptions, write_report
 
-        report = write_report(out, AuditOptions(), metrics=metrics)
-        log.info("audit report: %s", report)
+        log.info("audit report: %s", write_report(out, AuditOptions(), metrics=metrics))
+        report = True
     t_end = time.perf_counter()
     timings = {
         "plan_s": round(t_ray - t_start, 3),
@@ -243,8 +116,12 @@ def run(config: JobConfig) -> RunSummary:
         JOB,
         {
             **prep.job,
+            "applied": applied,
+            "layout": layout,
+            "coco_export": export.to_dict(),
             "status": "complete",
-            "started": started,
+            "started": first_started,
+            "this_run_started": started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "images_this_run": todo.num_rows,
             "images_resumed": len(committed),
@@ -252,34 +129,63 @@ def run(config: JobConfig) -> RunSummary:
         },
     )
     fsio.write_bytes_atomic(out.fs, out.path(SUCCESS), b"")
-    return _summary(
-        config,
-        metrics,
-        processed=todo.num_rows,
-        skipped=len(committed),
-        seconds=t_end - t_start,
-        inference_seconds=t_final - t_ray,
-    )
+    rate = todo.num_rows / (t_final - t_ray) if todo.num_rows and t_final > t_ray else None
+    return _summary(config, prep, metrics, todo.num_rows, len(committed), t_end - t_start, rate, report, notes)
 
 
-def coco_info(model: str, created: str) -> dict[str, Any]:
-    return {
-        "description": f"segbatch {__version__} predictions of {model}",
-        "version": __version__,
-        "date_created": created,
-    }
+def _input_notes(prep: Prepared) -> tuple[str, ...]:
+    notes = []
+    skipped = prep.plan.skipped.describe()
+    if skipped:
+        log.info("%s", skipped)
+    if prep.plan.ambiguous:
+        log.warning(
+            "%d images were not paired with a label because their stem (or COCO basename) is not unique; "
+            "their rows say why (error column), and manifest.parquet's label_note column",
+            prep.plan.ambiguous,
+        )
+    if prep.changes is not None and prep.changes.describe():
+        notes.append(prep.changes.describe() or "")
+        log.warning("%s", prep.changes.describe())
+    return tuple(notes)
+
+
+def _finished_already(
+    config: JobConfig, prep: Prepared, committed: int, notes: tuple[str, ...], seconds: float
+) -> RunSummary:
+    """A rerun of a finished job: nothing to label. Export options that differ from what the COCO
+    files hold are applied now (as ``segbatch export`` does), and job.json records them."""
+    out = prep.out
+    job = out.read_json(JOB)
+    export = config.export_options()
+    extra = list(notes)
+    if job.get("coco_export") != export.to_dict():
+        counts = rewrite_coco_exports(out, export, coco_info(config.model, job.get("started", "")))
+        message = (
+            f"rewrote the COCO files with the new export options ({counts['annotations']} annotations, "
+            f"{export.segmentation}); no model run"
+        )
+        log.info("output %s already holds this job, complete: %s", config.output, message)
+        extra.append(message)
+    else:
+        log.info("output %s already holds this job, complete: nothing to do", config.output)
+    metrics = out.read_json(METRICS)
+    report = out.exists("report.html")
+    return _summary(config, prep, metrics, 0, committed, seconds, None, report, tuple(extra))
 
 
 def _summary(
     config: JobConfig,
+    prep: Prepared,
     metrics: dict[str, Any],
-    *,
     processed: int,
     skipped: int,
     seconds: float,
-    inference_seconds: float | None = None,
+    rate: float | None,
+    report: bool,
+    notes: tuple[str, ...],
 ) -> RunSummary:
-    rate = processed / inference_seconds if inference_seconds and processed else None
+    background = prep.loaded.background
     return RunSummary(
         output=config.output,
         num_images=metrics["num_images"],
@@ -292,18 +198,25 @@ def _summary(
         seconds=seconds,
         images_per_second=rate,
         metrics=metrics,
-        report=config.report,
+        report=report,
+        background=None if background is None else prep.eval_space.names[prep.eval_space.background or 0],
+        notes=notes,
     )
 
 
-def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
-    """Run read → predict → encode → write on Ray Data for the images in ``todo``."""
+def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> dict[str, Any]:
+    """Run read → predict → encode → write on Ray Data for the images in ``todo``; returns the
+    layout that ran (for job.json)."""
     _connect(config.ray_address)
     so = config.storage_options
     gpus = config.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     calls = config.calls_per_actor or (2 if gpus else 1)
+    precision = config.precision
+    if not gpus and precision != "fp32":
+        log.warning("--precision %s applies on a GPU; the model actors run on the CPU: fp32", precision)
+        precision = "fp32"
     log.info(
         "labeling %d images with %s on %d actor(s) (%s, %d batch(es) in at once)",
         todo.num_rows,
@@ -326,7 +239,7 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
     predictor_kwargs = {
         "weights_holder": [weights_ref],
         "model_name": config.model,
-        "options": _model_options(config),
+        "options": model_options(config),
         "precision": config.precision,
         "channels_last": config.channels_last,
         "fold_batchnorm": config.fold_batchnorm,
@@ -363,6 +276,7 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
                     "batch_size": config.batch_size,
                     "preprocess": loaded.preprocess,
                     "storage_options": so,
+                    "high_bit_depth": config.high_bit_depth,
                 },
                 batch_size=1,
                 batch_format="numpy",
@@ -403,20 +317,20 @@ def _execute(config: JobConfig, prep: _Prepared, todo: pa.Table) -> None:
     if left.num_rows:
         _label_alone(
             left,
-            loaded.preprocess,
-            so,
+            (loaded.preprocess, so, config.high_bit_depth),
             predictor_kwargs,
             encode_spec,
             parts_url,
             num_cpus=config.cpus_per_actor,
             num_gpus=gpus,
         )
+    return {"actors": config.actors, "gpus_per_actor": gpus, "cpus_per_actor": config.cpus_per_actor,
+            "calls_per_actor": calls, "batch_size": config.batch_size, "precision": precision}  # fmt: skip
 
 
 def _label_alone(
     rows: pa.Table,
-    preprocess: Any,
-    so: Mapping[str, Any],
+    read_args: tuple[Any, Mapping[str, Any], str],
     predictor_kwargs: dict[str, Any],
     encode_spec: EncodeSpec,
     parts_url: str,
@@ -443,8 +357,7 @@ def _label_alone(
         num_cpus=num_cpus, num_gpus=num_gpus, max_retries=ACTOR_TASK_RETRIES, retry_exceptions=False
     )
     refs = [
-        task.remote(rows.slice(i, 1), preprocess, so, predictor_kwargs, encode_spec, parts_url)
-        for i in range(rows.num_rows)
+        task.remote(rows.slice(i, 1), read_args, predictor_kwargs, encode_spec, parts_url) for i in range(rows.num_rows)
     ]
     errors = []
     for ref, row in zip(refs, rows.to_pylist(), strict=True):
@@ -472,28 +385,58 @@ def _label_alone(
                 }
             )
     if errors:
-        write_part(pa.Table.from_pylist(errors, schema=PART_SCHEMA), parts_url, so)
+        write_part(pa.Table.from_pylist(errors, schema=PART_SCHEMA), parts_url, read_args[1])
 
 
 @ray.remote
 def _label_one(
     rows: pa.Table,
-    preprocess: Any,
-    so: Mapping[str, Any],
+    read_args: tuple[Any, Mapping[str, Any], str],
     predictor_kwargs: dict[str, Any],
     encode_spec: EncodeSpec,
     parts_url: str,
 ) -> str:
-    """read → predict → encode → commit for ``rows`` (one image), in a worker of its own."""
+    """read → predict → encode → commit for ``rows`` (one image), in a worker of its own.
+    ``read_args``: (preprocess, storage options, high-bit-depth conversion)."""
+    preprocess, so, high_bit_depth = read_args
     batch = {c: np.array(rows.column(c).to_pylist(), dtype=object) for c in rows.column_names}
-    predicted = _RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so))
+    predicted = _RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so, high_bit_depth))  # type: ignore[arg-type]
     return write_part(encode_batch(predicted, encode_spec), parts_url, so)
 
 
 def _connect(address: str | None) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS, or start a local one).
+
+    An explicit ``host:port`` that does not answer stops the run within
+    :data:`CONNECT_TIMEOUT_S` seconds, naming the address: ``ray.init`` itself retries forever.
+    """
     if ray.is_initialized():
         return
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target and target not in ("auto", "local") and "://" not in target:
+        check_reachable(target, CONNECT_TIMEOUT_S)
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    interrupt.reinstall()  # ray.init installs a SIGTERM handler of its own
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Raise :class:`JobError` unless a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise JobError(f"Ray address {address!r} is not host:port (e.g. 127.0.0.1:6379)")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, timeout)):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise JobError(
+                    f"no Ray cluster answers at {address} ({err.strerror or err}) after {timeout:g} s; "
+                    f"start one there (`ray start --head --port {port}`), or leave out --ray-address "
+                    "(and RAY_ADDRESS) to start a local cluster"
+                ) from None
+            time.sleep(0.5)
 
 
 class _RayPredictor(Predictor):
@@ -511,21 +454,3 @@ class _RayPredictor(Predictor):
         super().__init__(weights=lambda: ray.get(weights_holder[0]), device=device, worker=worker, **kwargs)
         # Ray forwards actor output to the driver: one line per model actor says where it runs.
         print(f"segbatch: model actor ready: {worker}", flush=True)
-
-
-def _versions() -> dict[str, str]:
-    import pycocotools
-    import torch
-    import torchvision
-
-    return {
-        "segbatch": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "ray": ray.__version__,
-        "pyarrow": pa.__version__,
-        "numpy": np.__version__,
-        "pycocotools": getattr(pycocotools, "__version__", "unknown"),
-        "platform": sys.platform,
-    }

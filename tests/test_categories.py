@@ -60,13 +60,37 @@ def test_torchvision_placeholders_are_not_classes():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"unicorn": "cat"}, "unknown model category 'unicorn'"),
-        ({"cat": "unicorn"}, "unknown label category 'unicorn'"),
+        ({"unicorn": "cat"}, r"label map: model categories \['unicorn'\] are unknown; valid: __background__, cat, diningtable"),
+        ({"cat": "unicorn"}, r"label map \('cat'\): label categories \['unicorn'\] are unknown; valid: cat"),
     ],
 )
 def test_bad_overrides_name_the_bad_value(overrides, message):
     with pytest.raises(JobError, match=message):
         build_eval_space(VOCISH, 0, "coco", {1: "cat"}, overrides)
+
+
+def test_overrides_match_names_as_everywhere_else():
+    """``TV/Monitor`` in a label map is the model's ``tvmonitor``, as run-time matching has it."""
+    space = build_eval_space(("background", "tvmonitor"), 0, "coco", {5: "screen"}, {"TV/Monitor": "Screen"})
+    assert space.pairs == (("tvmonitor", "screen"),)
+
+
+def test_label_ids_the_model_does_not_know_are_left_out_of_the_means():
+    """A stray PNG id 7 for a 3-class model: its class counts nowhere in the means, and is reported."""
+    from segbatch.metrics import DiceEvaluator, confusion
+
+    space = build_eval_space(("background", "cat", "dog"), 0, "png")
+    gt = np.zeros((10, 10), np.uint8)
+    gt[:5] = 1
+    gt[0, :5] = 7  # 5 pixels of an id the model has no class for
+    pred = np.zeros((10, 10), np.int32)
+    pred[:5] = 1
+    ev = DiceEvaluator(space.num_classes)
+    ev.process(confusion(space.labels(gt), space.predictions(pred), space.num_classes))
+    result = ev.evaluate(list(space.names), space.background, space.counted_mask())
+    assert result["classes"]["label_7"]["gt_pixels"] == 5
+    assert result["mean_over"] == ["cat"]  # not label_7, not background
+    assert result["mean_dice"] == pytest.approx(result["classes"]["cat"]["dice"])
 
 
 def test_unknown_label_map_keys_are_refused():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from segbatch.cli import main
+from segbatch.errors import JobError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,3 +134,77 @@ def test_calls_per_actor_reaches_the_config():
     base = ["run", "--input", "in", "--output", "out", "--model", "unet"]
     assert config_from_args(build_parser().parse_args(base)).calls_per_actor is None  # 2 on a GPU, 1 on a CPU
     assert config_from_args(build_parser().parse_args([*base, "--calls-per-actor", "3"])).calls_per_actor == 3
+
+
+@pytest.mark.parametrize("command", ["run", "audit", "metrics", "export"])
+def test_storage_options_that_are_not_json_exit_2_with_one_line(tmp_path, command, capsys):
+    args = [command, "--storage-options", "not json"]
+    args += ["--input", "in", "--output", "out", "--model", "unet"] if command == "run" else [str(tmp_path)]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "argument --storage-options: must be a JSON object: Expecting value" in err
+    assert "Traceback" not in err
+
+
+def test_audit_export_and_metrics_of_an_unfinished_run_exit_2_saying_how_to_finish_it(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "job.json").write_text(json.dumps({"status": "running"}))
+    for command in ("audit", "export", "metrics"):
+        assert main([command, str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert f"{str(run_dir)!r} holds a run that has not finished (_SUCCESS is missing)" in err
+        assert f"then {command} it" in err
+
+
+def test_an_output_inside_the_input_is_refused(tmp_path, images, capsys):
+    code, err = run_cli(["--input", str(images), "--model", "unet", "--output", str(images / "run1")], capsys)
+    assert code == 2 and f"output {str(images / 'run1')!r} lies inside the input" in err
+    assert not (images / "run1").exists()
+
+
+def test_object_storage_without_credentials_or_endpoint_exits_2_naming_the_url_and_the_fix(
+    tmp_path, images, capsys, monkeypatch
+):
+    """No server is needed for either failure: botocore finds no credentials, or nothing listens."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, err = run_cli(
+        ["--input", "s3://no-bucket/photos", "--model", "unet", "--output", str(tmp_path / "o")], capsys
+    )
+    assert code == 2, err
+    assert "cannot access input 's3://no-bucket/photos': no credentials found" in err
+    assert "AWS_ACCESS_KEY_ID" in err and "--storage-options" in err and "Traceback" not in err
+
+    port = _closed_port()
+    options = json.dumps({"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+                          "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}})  # fmt: skip
+    code, err = run_cli(
+        ["--input", "s3://b/photos", "--model", "unet", "--output", str(tmp_path / "o"), "--storage-options", options],
+        capsys,
+    )
+    assert code == 2, err
+    assert "cannot reach input 's3://b/photos'" in err and "endpoint" in err and "Traceback" not in err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_high_bit_depth_reaches_the_config_and_bad_values_are_named():
+    from segbatch.cli import build_parser, config_from_args
+
+    base = ["run", "--input", "in", "--output", "out", "--model", "unet"]
+    assert config_from_args(build_parser().parse_args(base)).high_bit_depth == "range"
+    assert config_from_args(build_parser().parse_args([*base, "--high-bit-depth", "full"])).high_bit_depth == "full"
+    with pytest.raises(JobError, match="high_bit_depth must be one of range, percentile, full, got 'log'"):
+        config_from_args(build_parser().parse_args([*base, "--high-bit-depth", "log"]))

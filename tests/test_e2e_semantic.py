@@ -114,6 +114,10 @@ def test_unusual_modes_and_exif_are_handled(result):
     # A label problem keeps the prediction: nothing is lost for pre-labeling.
     assert by_name["nolabel.jpg"]["num_masks"] > 0 and not by_name["nolabel.jpg"]["labeled"]
     assert by_name["corrupt.jpg"]["width"] is None and by_name["corrupt.jpg"]["num_masks"] == 0
+    # Each row records how its file became 8-bit RGB.
+    assert by_name["cmyk.jpg"]["conversion"] == "CMYK → RGB" and by_name["rgba.png"]["conversion"] == "RGBA → RGB"
+    assert by_name["gray16.png"]["conversion"].startswith("I;16 range ")
+    assert by_name[next(n for n in by_name if n.startswith("shapes_"))]["conversion"] is None  # plain RGB JPEG
 
 
 def test_metrics_equal_an_independent_recount_from_the_outputs(dataset, result):

@@ -1,9 +1,10 @@
 """The package's folders read as the pipeline, and imports only run down it.
 
 Layers, lowest first: the pure-numpy core, ``io``, ``models``, ``outputs`` (schemas and part
-files, which the stages write into), ``stages`` (what Ray ships to workers), ``audit``, and
-the entry points (``config``, ``pipeline``, ``cli``, the package ``__init__``). A module may
-import its own layer and the layers below it, never one above; nothing imports the package
+files, which the stages write into), ``stages`` (what Ray ships to workers), ``audit``,
+``config`` (the frozen JobConfig), ``driver`` (planning, progress, interrupts: the driver's
+side of a run), and the entry points (``pipeline``, ``cli``, the package ``__init__``). A module
+may import its own layer and the layers below it, never one above; nothing imports the package
 ``__init__`` (which imports the entry points).
 """
 
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "segbatch"
-CORE = {"_version", "errors", "masks", "metrics", "categories", "sample"}
-LAYERS = ["core", "io", "models", "outputs", "stages", "audit", "entry"]
+CORE = {"_version", "errors", "masks", "metrics", "categories", "quality", "sample"}
+LAYERS = ["core", "io", "models", "outputs", "stages", "audit", "config", "driver", "entry"]
 
 
 def _module_name(path: Path) -> str:
@@ -33,6 +34,8 @@ def _layer(module: str) -> str:
         return "entry"  # the package __init__
     if parts[1] in LAYERS:
         return parts[1]
+    if parts[1] == "config":
+        return "config"
     return "core" if parts[1] in CORE else "entry"
 
 

@@ -151,6 +151,10 @@ def test_a_job_entirely_in_buckets_equals_the_same_job_on_disk(s3_options, sampl
     s3_run = run(config)
     assert s3_run.num_images == 12 and s3_run.num_errors == 0
     assert fs.exists("sb-out/run1/_SUCCESS") and fs.exists("sb-out/run1/report.html")
+    # The end-of-run report reads the images from the bucket with the run's storage options.
+    report = fs.cat_file("sb-out/run1/report.html").decode()
+    assert "could not draw" not in report
+    assert len(fs.glob("sb-out/run1/report/worst/*.png")) == 12
     fs.invalidate_cache()
     got = _outputs(lambda name: fs.cat_file(f"sb-out/run1/{name}"))
     for key in want:

@@ -14,11 +14,12 @@ Layout under the run's output::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from segbatch.audit import charts
 from segbatch.audit.overlays import class_colours, panels_png
-from segbatch.categories import EvalSpace
+from segbatch.categories import EvalSpace, resolve_names
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.io.images import decode_image
@@ -51,7 +52,6 @@ class AuditOptions:
     max_dice: float | None = None  # only images whose Dice is at most this
     sample: int | None = None  # audit a random sample of this many labeled images
     seed: int = 0  # of the sample
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.worst < 0:
@@ -99,9 +99,6 @@ def select(out: OutDir, names: list[str], background: int | None, options: Audit
     k = len(names)
     keep = np.ones(k, dtype=bool)
     if options.classes is not None:
-        unknown = sorted(set(options.classes) - set(names))
-        if unknown:
-            raise JobError(f"audit classes {unknown} are not evaluation classes of this run; valid: {names}")
         keep = np.isin(np.array(names, dtype=object), list(options.classes))
     total = np.zeros((k, k), dtype=np.int64)
     dices: list[float] = []
@@ -173,7 +170,7 @@ def _render_worst(
         eval_space=es,
         label_kind=job["labels"]["kind"],
         missing_labels="error",
-        storage_options=options.storage_options,
+        storage_options=out.storage_options,
     )
     colours = class_colours(es.num_classes)
     worst_dir = fsio.join(out.path(REPORT_DIR), "worst")
@@ -183,7 +180,9 @@ def _render_worst(
     for rank, (dice, image_id, row) in enumerate(sel.worst, start=1):
         entry = {"rank": rank, "image_id": image_id, "file_name": row["file_name"], "dice": dice}
         try:
-            rgb = decode_image(fsio.read_bytes(row["uri"], options.storage_options))
+            # The run's storage options (OutDir carries them): the images sit where the run read them.
+            high_bit_depth = job.get("config", {}).get("high_bit_depth", "range")
+            rgb = decode_image(fsio.read_bytes(row["uri"], out.storage_options), high_bit_depth)
             h, w = rgb.shape[:2]
             label = read_label({**manifest[image_id], "file_name": row["file_name"]}, spec, h, w)
             if label is None:  # missing_labels="error" above: a labeled row's label is never missing
@@ -210,6 +209,8 @@ def write_report(out: OutDir, options: AuditOptions, metrics: Mapping[str, Any] 
     metrics = dict(metrics) if metrics is not None else out.read_json(METRICS)
     es = EvalSpace.from_dict(job["eval_classes"])
     names, bg = list(es.names), es.background
+    if options.classes is not None:
+        options = dataclasses.replace(options, classes=resolve_names(options.classes, names, "audit classes"))
     sel = select(out, names, bg, options)
     sums = ClassSums.from_confusion(sel.conf)
     dice, iou, present = sums.dice(), sums.iou(), sums.present()

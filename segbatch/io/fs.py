@@ -53,6 +53,96 @@ def require_shared_folder(fs: AbstractFileSystem, url: str, what: str) -> None:
         )
 
 
+# Where each object store looks for credentials, and what to pass instead (storage errors).
+_CREDENTIALS = {
+    "s3": (
+        "s3fs looked for credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), AWS_PROFILE "
+        "and ~/.aws/credentials, ~/.aws/config, then the instance or container role",
+        '--storage-options \'{"key": "…", "secret": "…"}\' (or \'{"anon": true}\' for a public bucket; '
+        'add "endpoint_url": "http://host:port" for another S3-compatible server)',
+    ),
+    "gcs": (
+        "gcsfs looked for GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default login and the instance's "
+        "service account",
+        '--storage-options \'{"token": "/path/to/key.json"}\' (or \'{"token": "anon"}\' for a public bucket)',
+    ),
+    "abfs": (
+        "adlfs looked for AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_ACCOUNT_NAME and a default credential",
+        '--storage-options \'{"account_name": "…", "account_key": "…"}\'',
+    ),
+}
+_NO_CREDENTIALS = {
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "CredentialRetrievalError",
+    "DefaultCredentialsError",
+}
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError", "ClientConnectorError",
+                "ConnectionRefusedError", "ServerTimeoutError", "TimeoutError", "ReadTimeoutError"}  # fmt: skip
+
+
+def _family(url: str) -> str | None:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "abfs": "abfs", "az": "abfs"}.get(scheme)
+
+
+def describe_storage_error(url: str, what: str, err: BaseException) -> str:
+    """One line for a storage failure: the URL, what went wrong, where credentials were looked for, the fix."""
+    names = {type(e).__name__ for e in _chain(err)}
+    family = _family(url)
+    where, fix = _CREDENTIALS.get(family or "", ("", "--storage-options '{…}' with the filesystem's options"))
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if names & _NO_CREDENTIALS:
+        return f"cannot access {what} {url!r}: no credentials found ({where}); pass {fix}"
+    if names & _UNREACHABLE:
+        return (
+            f"cannot reach {what} {url!r}: {type(err).__name__}: {first}; check the network and the endpoint "
+            f"(for another server pass {fix})"
+        )
+    if isinstance(err, PermissionError) or names & {"AccessDenied", "Forbidden", "InvalidAccessKeyId",
+                                                       "SignatureDoesNotMatch"}:  # fmt: skip
+        return f"access to {what} {url!r} was denied ({type(err).__name__}: {first}); check the credentials ({fix})"
+    return f"cannot access {what} {url!r}: {type(err).__name__}: {first}"
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+@contextmanager
+def storage_errors(url: str, what: str) -> Iterator[None]:
+    """Turn a storage failure under ``url`` (no credentials, unreachable endpoint, access denied, …)
+    into a :class:`JobError` with one line naming the URL and the fix. JobError and
+    FileNotFoundError pass through: callers give those their own message."""
+    try:
+        yield
+    except (JobError, FileNotFoundError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # every fsspec backend raises its own types
+        raise JobError(describe_storage_error(url, what, err)) from err
+
+
+def canonical_url(url: str) -> str:
+    """``url`` in one spelling: local paths absolute and normalised (``./in``, ``in``, ``in/``
+    and ``/abs/in`` are one folder), other URLs without a trailing ``/``."""
+    if "://" not in url or url.startswith("file://"):
+        path = url[len("file://") :] if url.startswith("file://") else url
+        return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.lower()}://{rest.rstrip('/')}"
+
+
+def is_within(inner: str, outer: str) -> bool:
+    """Whether URL ``inner`` is ``outer`` or lies under it (after :func:`canonical_url`)."""
+    a, b = canonical_url(inner), canonical_url(outer)
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
 def join(*parts: str) -> str:
     """Join path parts with ``/`` (fsspec paths are posix on every filesystem)."""
     return posixpath.join(*parts)

@@ -23,12 +23,13 @@ from typing import IO, Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from pycocotools import mask as mask_utils
 
-from segbatch.categories import PLACEHOLDER, normalize_name
+from segbatch.categories import PLACEHOLDER, normalize_name, resolve_names
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.masks import decode_rle
-from segbatch.outputs.folder import COCO, IMAGES, MASKS, RESULTS, OutDir
+from segbatch.outputs.folder import COCO, IMAGES, JOB, MASKS, RESULTS, OutDir
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,16 @@ class ExportOptions:
             raise JobError(f"polygon tolerance {self.polygon_tolerance!r} must be >= 0 pixels")
         if self.min_area < 0:
             raise JobError(f"minimum mask area {self.min_area!r} must be >= 0 pixels")
+
+    def config_values(self) -> dict[str, Any]:
+        """These options under their JobConfig keys (as in job.json ``config``)."""
+        return {
+            "coco_segmentation": self.segmentation,
+            "polygon_tolerance": self.polygon_tolerance,
+            "min_mask_area": self.min_area,
+            "export_classes": None if self.classes is None else list(self.classes),
+            "coco_category_ids": self.category_ids_from,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,10 +92,8 @@ def category_table(model_categories: tuple[str, ...], background: int | None, op
     """
     names = [n for i, n in enumerate(model_categories) if i != background and n != PLACEHOLDER]
     if options.classes is not None:
-        unknown = sorted(set(options.classes) - set(names))
-        if unknown:
-            raise JobError(f"export classes {unknown} are not model categories; valid: {names}")
-        names = [n for n in names if n in set(options.classes)]
+        chosen = set(resolve_names(options.classes, names, "export classes"))
+        names = [n for n in names if n in chosen]
     if options.category_ids_from is None:
         first: dict[str, int] = {}
         for i, n in enumerate(model_categories):
@@ -194,6 +203,12 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float) -> list[list[float]]:
     return polys
 
 
+def polygon_area_bbox(polygons: list[list[float]], height: int, width: int) -> tuple[float, list[float]]:
+    """Area (pixels of the rasterised union, as pycocotools counts it) and ``[x, y, w, h]`` box of COCO polygons."""
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    return float(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
+
+
 def iter_masks(out: OutDir) -> Iterator[dict[str, Any]]:
     with out.fs.open(out.path(MASKS), "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=_CHUNK):
@@ -248,11 +263,15 @@ def write_coco_exports(
                 ).encode()
             )
             first = False
+            area, bbox = m["area"], m["bbox"]
             if polygon:
                 segmentation: Any = mask_to_polygons(decode_rle(rle), options.polygon_tolerance)
                 if not segmentation:
                     counts["no_polygon"] += 1
                     continue
+                # The area and box of what the file holds (the filled polygons), as COCO's own
+                # polygon annotations carry: the mask's would disagree with a tool's recount.
+                area, bbox = polygon_area_bbox(segmentation, *rle["size"])
             else:
                 segmentation = rle
             ann = {
@@ -260,8 +279,8 @@ def write_coco_exports(
                 "image_id": m["image_id"],
                 "category_id": cat,
                 "segmentation": segmentation,
-                "area": m["area"],
-                "bbox": m["bbox"],
+                "area": area,
+                "bbox": bbox,
                 "iscrowd": 0 if polygon else 1,
             }
             if task == "instance":
@@ -277,4 +296,24 @@ def write_coco_exports(
             options.polygon_tolerance,
             COCO,
         )
+    return counts
+
+
+def rewrite_coco_exports(out: OutDir, options: ExportOptions, info: Mapping[str, Any]) -> dict[str, int]:
+    """Rewrite a finished run's COCO files with ``options`` (no model run) and record in job.json
+    what was written (``coco_export``, and the export keys of ``config``), so that job.json says
+    what the files hold. Returns the counts of :func:`write_coco_exports`."""
+    job = out.read_json(JOB)
+    model = job["model"]
+    counts = write_coco_exports(
+        out,
+        task=model["task"],
+        model_categories=tuple(model["categories"]),
+        background=model["background"],
+        info=info,
+        options=options,
+    )
+    job["coco_export"] = options.to_dict()
+    job["config"] = {**job.get("config", {}), **options.config_values()}
+    out.write_json(JOB, job)
     return counts

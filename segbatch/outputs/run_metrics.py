@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from segbatch.categories import EvalSpace
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.metrics import DiceEvaluator
@@ -31,10 +32,9 @@ class RunMetrics:
     def __init__(self, eval_classes: Mapping[str, Any]) -> None:
         self.names: list[str] = list(eval_classes["names"])
         self.background: int | None = eval_classes["background"]
-        self.unmatched = {
-            "model_only": list(eval_classes["model_only"]),
-            "label_only": list(eval_classes["label_only"]),
-        }
+        self.model_only = list(eval_classes["model_only"])
+        self.label_only = list(eval_classes["label_only"])
+        self.counted = EvalSpace.from_dict(eval_classes).counted_mask()
         self._index = {n: i for i, n in enumerate(self.names)}
         self.evaluator = DiceEvaluator(len(self.names))
         self.counts = {"num_images": 0, "num_errors": 0, "num_labeled": 0, "num_masks": 0}
@@ -63,9 +63,9 @@ class RunMetrics:
         ev = self.evaluator
         doc: dict[str, Any] = {
             **self.counts,
-            **ev.evaluate(self.names, self.background),
+            **ev.evaluate(self.names, self.background, self.counted),
             "errors_by_stage": self.errors_by_stage,
-            "unmatched": self.unmatched,
+            "unmatched": self._unmatched(),
         }
         if ev.num_labeled:
             # Pixels; rows: label class, columns: predicted class, over the classes present in
@@ -76,6 +76,23 @@ class RunMetrics:
                 "matrix": ev.conf[np.ix_(present, present)].tolist(),
             }
         return doc
+
+
+    def _unmatched(self) -> dict[str, Any]:
+        """Categories one side alone knows, and the pixels of every such class that occurred (a
+        label id the model has no class for, e.g. ``label_7``, counts here, not in the means)."""
+        ev = self.evaluator
+        gt, pred = ev.conf.sum(axis=1), ev.conf.sum(axis=0) + ev.pred_unlabeled
+        label_only = list(self.label_only)
+        pixels: dict[str, dict[str, int]] = {}
+        for c in np.flatnonzero(~self.counted & (gt + pred > 0)):
+            name = self.names[c]
+            if c == self.background:
+                continue
+            if gt[c] and name not in label_only and name not in self.model_only:
+                label_only.append(name)
+            pixels[name] = {"label_pixels": int(gt[c]), "predicted_pixels": int(pred[c])}
+        return {"model_only": self.model_only, "label_only": label_only, "pixels": pixels}
 
 
 def confusion_matrix(entries: Sequence[Mapping[str, int]] | None, num_classes: int) -> np.ndarray:

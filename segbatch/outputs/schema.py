@@ -59,6 +59,7 @@ IMAGE_FIELDS = [
     pa.field("t_predict", pa.float64()),  # seconds: this image's share of its model batch
     pa.field("t_encode", pa.float64()),  # seconds: RLE + label + scoring
     pa.field("worker", pa.string()),  # where the model ran: "node=… pid=… device=cpu|cuda gpus=0"
+    pa.field("conversion", pa.string()),  # how the file became 8-bit RGB ("CMYK → RGB", "I;16 range 3..235 → 0..255")
 ]
 
 IMAGES_SCHEMA = pa.schema(IMAGE_FIELDS)

@@ -65,7 +65,8 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
         "t_read": float(row["t_read"]),
         "t_predict": float(row["t_predict"]),
         "t_encode": None,
-        "worker": None if row.get("worker") is None else str(row["worker"]),
+        "worker": optional_text(row.get("worker")),
+        "conversion": optional_text(row.get("conversion")),
     }
     if not ok:
         out["t_encode"] = time.perf_counter() - t0
@@ -120,9 +121,9 @@ def read_label(row: Mapping[str, Any], spec: EncodeSpec, h: int, w: int) -> np.n
     if spec.label_kind is None:
         return None
     if spec.label_kind == "png":
-        uri = row.get("label_uri")
+        uri = optional_text(row.get("label_uri"))
         if uri is None:
-            _missing(spec, f"no mask PNG matches {row['file_name']!r} (by relative path or unique stem)")
+            _missing(spec, f"no mask PNG matches {row['file_name']!r} (by relative path or unique stem){_why(row)}")
             return None
         try:
             data = fsio.read_bytes(str(uri), spec.storage_options)
@@ -130,16 +131,34 @@ def read_label(row: Mapping[str, Any], spec: EncodeSpec, h: int, w: int) -> np.n
             raise ImageError("label", f"cannot read {uri}: {type(err).__name__}: {err}") from None
         raw = read_mask_png(data)
     else:
-        record = row.get("label_record")
+        record = optional_text(row.get("label_record"))
         if record is None:
-            _missing(spec, f"the COCO labels list no image with file_name {row['file_name']!r}")
+            _missing(spec, f"the COCO labels list no image with file_name {row['file_name']!r}{_why(row)}")
             return None
-        raw = coco_label_map(json.loads(str(record)))
+        raw = coco_label_map(json.loads(record))
     check_size(raw, h, w)
     try:
         return spec.eval_space.labels(raw)
     except ValueError as err:
         raise ImageError("label", str(err)) from None
+
+
+def optional_text(value: Any) -> str | None:
+    """A nullable string column's value as str or None.
+
+    Ray Data turns an object column that holds only None in one batch into Arrow's null type,
+    which comes back as float NaN: a batch of images the COCO file does not list then carried
+    ``label_record`` NaN, and ``json.loads("nan")`` failed every such batch. None, NaN and ""
+    all mean "no value" here.
+    """
+    if value is None or isinstance(value, float | np.floating) or value == "":
+        return None  # a float here is Ray's NaN for a null: text columns hold str or nothing
+    return str(value)
+
+
+def _why(row: Mapping[str, Any]) -> str:
+    note = optional_text(row.get("label_note"))
+    return f" ({note})" if note else ""
 
 
 def _missing(spec: EncodeSpec, message: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from segbatch.io.images import HighBitDepth
 from segbatch.models.registry import Preprocess
 from segbatch.stages.read import read_batch
 
@@ -26,13 +27,15 @@ def read_slices(
     batch_size: int,
     preprocess: Preprocess,
     storage_options: Mapping[str, Any] | None = None,
+    high_bit_depth: HighBitDepth = "range",
 ) -> dict[str, np.ndarray]:
     """Batch indices (``id``) → their manifest rows, read (see :func:`read_batch`).
 
     ``todo_holder`` is ``[ObjectRef]`` of the manifest table of the images to label; the
     list keeps Ray from resolving it when the task is built.
     """
-    return read_batch(manifest_slices(batch, todo_holder, batch_size), preprocess, storage_options)
+    rows = manifest_slices(batch, todo_holder, batch_size)
+    return read_batch(rows, preprocess, storage_options, high_bit_depth)
 
 
 def manifest_slices(batch: Mapping[str, np.ndarray], todo_holder: list[Any], batch_size: int) -> dict[str, np.ndarray]:

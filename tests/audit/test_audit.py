@@ -117,7 +117,8 @@ def test_audit_filters_classes_threshold_and_sample(finished, tmp_path, capsys):
     assert f"{len(below)} images audited" in html
     assert len(list((run_dir / "report" / "worst").iterdir())) == 3  # the earlier 12 are gone
 
-    assert main(["audit", str(run_dir), "--classes", "circle", "--worst", "2"]) == 0
+    # One name normalisation everywhere: "Circle" is "circle", as run-time matching has it.
+    assert main(["audit", str(run_dir), "--classes", "Circle", "--worst", "2"]) == 0
     html = (run_dir / "report.html").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert _kpi(html, "mean-dice") == pytest.approx(metrics["classes"]["circle"]["dice"], abs=1e-4)
@@ -127,7 +128,7 @@ def test_audit_filters_classes_threshold_and_sample(finished, tmp_path, capsys):
     assert main(["audit", str(run_dir), "--sample", "5", "--seed", "3"]) == 0
     assert "5 images audited" in (run_dir / "report.html").read_text()
     assert main(["audit", str(run_dir), "--classes", "horse"]) == 2
-    assert "audit classes ['horse'] are not evaluation classes" in capsys.readouterr().err
+    assert "audit classes ['horse'] are unknown; valid: background, circle, square, triangle" in capsys.readouterr().err
 
 
 def test_report_opens_in_headless_chromium_from_disk_and_over_http(finished, tmp_path):
@@ -221,3 +222,11 @@ def test_exports_rle_polygon_and_results_forms(finished, tmp_path, capsys):
         m_rle = mask_utils.decode({"size": [h, w], "counts": a["segmentation"]["counts"].encode()})
         iou = (m_poly & m_rle).sum() / (m_poly | m_rle).sum()
         assert iou > 0.9, (b["id"], iou)
+        # area and bbox are the polygons' own (what a tool recounts from the file), not the mask's
+        assert b["area"] == float(m_poly.sum())
+        assert b["bbox"] == pytest.approx(list(mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m_poly)))))
+    assert any(b["area"] != rle_by_id[b["id"]]["area"] for b in poly["annotations"])
+    # job.json says what the files hold now
+    job = json.loads((run_dir / "job.json").read_text())
+    assert job["coco_export"]["segmentation"] == "polygon" and job["coco_export"]["min_area"] == min_area
+    assert job["config"]["coco_segmentation"] == "polygon" and job["config"]["export_classes"] == ["circle", "square"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from segbatch.errors import ImageError
-from segbatch.io.images import decode_image
+from segbatch.io.images import decode, decode_image
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -44,11 +44,40 @@ def test_palette_with_transparency_drops_alpha():
     np.testing.assert_array_equal(out, np.asarray(src.convert("RGBA").convert("RGB")))
 
 
-def test_16bit_grayscale_is_scaled_not_clipped():
+def test_16bit_grayscale_full_mode_divides_by_257_not_clips():
     values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
-    out = decode_image(encode(Image.fromarray(values), "PNG"))
-    np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
-    assert (out[..., 0] == out[..., 2]).all()
+    out = decode(encode(Image.fromarray(values), "PNG"), "full")
+    np.testing.assert_array_equal(out.rgb[0, :, 0], [0, 1, 128, 255])
+    assert (out.rgb[..., 0] == out.rgb[..., 2]).all()
+    assert out.note == "I;16 full 0..65535 → 0..255 (÷257)"
+
+
+def test_16bit_with_a_small_value_range_is_stretched_by_default_and_its_conversion_recorded():
+    """A microscopy TIFF with values 0..235: ÷257 made it black (0..0); its own range keeps the picture."""
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 236, size=(20, 30)).astype(np.uint16)
+    values[0, 0], values[0, 1] = 0, 235
+    data = encode(Image.fromarray(values), "TIFF")
+    out = decode(data)
+    want = np.round(values.astype(np.float64) * 255 / 235).astype(np.uint8)
+    np.testing.assert_array_equal(out.rgb[..., 1], want)
+    assert out.note == "I;16 range 0..235 → 0..255"
+    # percentile: ImageJ's auto contrast, the extreme 0.175 % at each end saturated
+    lo, hi = np.percentile(values, [0.175, 99.825])
+    pct = decode(data, "percentile")
+    assert pct.note == f"I;16 percentile {round(lo)}..{round(hi)} → 0..255"
+    assert pct.rgb.min() == 0 and pct.rgb.max() == 255
+    # ÷257 squeezes it to 0..0: a blank picture is an error, never a clean result
+    blank = r"blank image: every pixel is 0 or 1 \(of 255\) after I;16 full 0\.\.235 → 0\.\.1.*--high-bit-depth"
+    with pytest.raises(ImageError, match=blank):
+        decode(data, "full")
+
+
+def test_a_blank_image_is_an_error_and_other_modes_record_their_conversion():
+    with pytest.raises(ImageError, match=r"decode: blank image: every pixel is 7 \(of 255\)$"):
+        decode(encode(Image.new("RGB", (8, 6), (7, 7, 7)), "PNG"))
+    assert decode(encode(Image.fromarray(RGB).convert("CMYK"), "JPEG")).note == "CMYK → RGB"
+    assert decode(encode(Image.fromarray(RGB), "PNG")).note is None
 
 
 def test_exif_orientation_is_applied():

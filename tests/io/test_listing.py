@@ -149,3 +149,71 @@ def test_listing_holds_one_page_of_paths_in_python_not_all_of_them(tmp_path):
     _, (small, n_small, missing_small), (large, n_large, missing_large) = json.loads(done.stdout)
     assert (n_small, n_large, missing_small, missing_large) == (1000, 8000, 0, 0)
     assert large < 1.5 * small, (small, large)
+
+
+def test_a_stem_shared_by_several_images_pairs_none_of_them(tmp_path):
+    """a/dup.jpg and b/dup.jpg with one dup.png: neither is scored against it, and each says why."""
+    for rel in ["a/dup.jpg", "b/dup.jpg", "solo.jpg", "twin.jpg"]:
+        touch(tmp_path / "in" / rel)
+    for rel in ["dup.png", "x/solo.png", "p/twin.png", "q/twin.png"]:
+        touch(tmp_path / "masks" / rel)
+    plan = build_plan(str(tmp_path / "in"), open_labels(str(tmp_path / "masks")), IMAGE_EXTENSIONS)
+    rows = {r["file_name"]: r for r in plan.manifest.to_pylist()}
+    assert rows["a/dup.jpg"]["label_uri"] is None and rows["b/dup.jpg"]["label_uri"] is None
+    assert "stem 'dup' is shared by 2 images" in rows["a/dup.jpg"]["label_note"]
+    assert rows["solo.jpg"]["label_uri"].endswith("x/solo.png") and rows["solo.jpg"]["label_note"] is None
+    assert rows["twin.jpg"]["label_uri"] is None
+    assert "stem 'twin' matches 2 mask PNGs" in rows["twin.jpg"]["label_note"]
+    assert plan.ambiguous == 3
+    assert plan.unmatched_labels == 3  # dup.png and both twins
+
+
+def test_a_coco_basename_shared_by_several_images_pairs_none_of_them(tmp_path):
+    for rel in ["a/dup.jpg", "b/dup.jpg", "c/one.jpg"]:
+        touch(tmp_path / "in" / rel)
+    doc = {
+        "images": [
+            {"id": 7, "file_name": "dup.jpg", "width": 2, "height": 2},
+            {"id": 8, "file_name": "elsewhere/one.jpg", "width": 2, "height": 2},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [],
+    }
+    (tmp_path / "labels.json").write_text(json.dumps(doc))
+    plan = build_plan(str(tmp_path / "in"), open_labels(str(tmp_path / "labels.json")), IMAGE_EXTENSIONS)
+    rows = {r["file_name"]: r for r in plan.manifest.to_pylist()}
+    assert rows["c/one.jpg"]["image_id"] == 8
+    assert rows["a/dup.jpg"]["label_record"] is None and rows["b/dup.jpg"]["label_record"] is None
+    assert "shared by several listed images" in rows["a/dup.jpg"]["label_note"]
+    ids = [r["image_id"] for r in plan.manifest.to_pylist()]
+    assert len(set(ids)) == len(ids) == 3 and 7 not in ids
+
+
+def test_hidden_entries_are_skipped_everywhere_and_counted(tmp_path):
+    for rel in ["a.jpg", ".DS_Store", "._a.jpg", ".thumbs/a.jpg", "sub/.hidden.png", "notes.txt"]:
+        touch(tmp_path / "in" / rel)
+    for rel in ["a.png", "._a.png"]:
+        touch(tmp_path / "masks" / rel)
+    plan = build_plan(str(tmp_path / "in"), open_labels(str(tmp_path / "masks")), IMAGE_EXTENSIONS)
+    assert plan.manifest.column("file_name").to_pylist() == ["a.jpg"]
+    assert plan.manifest.column("label_uri").to_pylist()[0].endswith("/a.png")
+    assert plan.unmatched_labels == 0  # ._a.png is hidden, not an unused mask
+    s = plan.skipped
+    assert (s.hidden, s.other_extension) == (4, 1)  # .DS_Store, ._a.jpg, .thumbs/, sub/.hidden.png; notes.txt
+    assert ".thumbs/" in s.examples["hidden"] and "4 hidden" in s.describe() and ".txt ×1" in s.describe()
+
+
+def test_a_symlink_loop_in_the_input_is_a_job_error_naming_the_link(tmp_path):
+    touch(tmp_path / "in" / "a.jpg")
+    (tmp_path / "in" / "sub").mkdir()
+    (tmp_path / "in" / "sub" / "up").symlink_to("..")
+    with pytest.raises(JobError, match=r"symbolic link 'sub/up' leads back to '\.'.*remove the link"):
+        build_plan(str(tmp_path / "in"), None, IMAGE_EXTENSIONS)
+    (tmp_path / "in" / "sub" / "up").unlink()
+    (tmp_path / "in" / "self.jpg").symlink_to("self.jpg")
+    with pytest.raises(JobError, match=r"cannot follow the symbolic link 'self\.jpg' .*loops"):
+        build_plan(str(tmp_path / "in"), None, IMAGE_EXTENSIONS)
+    (tmp_path / "in" / "self.jpg").unlink()
+    (tmp_path / "in" / "gone.jpg").symlink_to("nowhere.jpg")  # a broken link is skipped and counted
+    plan = build_plan(str(tmp_path / "in"), None, IMAGE_EXTENSIONS)
+    assert plan.manifest.column("file_name").to_pylist() == ["a.jpg"] and plan.skipped.broken_links == 1

@@ -88,7 +88,7 @@ def test_bad_export_options_are_named(kwargs, message):
 
 
 def test_unknown_export_classes_and_missing_category_files_are_named(tmp_path):
-    with pytest.raises(JobError, match=r"export classes \['horse'\] are not model categories"):
+    with pytest.raises(JobError, match=r"export classes \['horse'\] are unknown; valid: "):
         category_table(("bg", "cat"), 0, ExportOptions(classes=("horse",)))
     missing = str(tmp_path / "nope.json")
     with pytest.raises(JobError, match=f"category file '{missing}' does not exist"):
