@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -356,6 +357,8 @@ class Layout:
         return layout
 
     def __str__(self) -> str:
+        if not self.actors:
+            return "defaults"  # segbatch sized its own layout
         return f"{self.actors}x{self.gpus:g}" + (f":{self.calls}" if self.calls else "")
 
 
@@ -447,6 +450,74 @@ def segbatch_run(
     return summary.num_images / (t_end - t0), steady, first - t_up, t_up - t0, load.mean(first, last), busy
 
 
+def segbatch_as_user(
+    name: str, ckpt: Path, images: Path, out: Path, args: argparse.Namespace
+) -> tuple[float, float, float, float, float, float]:
+    """The run as a user makes it: ``segbatch run`` with no layout flags, in a process of its own
+    that starts its own local Ray cluster (isolated temp dir). End to end from the process start
+    to its exit (imports, Ray start, model actors, finalize); steady between the first and last
+    committed part. Returns the same tuple as :func:`segbatch_run` (GPU figures NaN)."""
+    import subprocess
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    commits: dict[str, tuple[float, int]] = {}  # part file → (first seen, rows)
+    stop = threading.Event()
+
+    def watch() -> None:
+        # Finalize compacts the parts into a few files, so commit times are observed live.
+        while not stop.is_set():
+            for p in list((out / "parts").glob("*.parquet")) if (out / "parts").exists() else []:
+                if p.name not in commits:
+                    try:
+                        seen = time.time()
+                        commits[p.name] = (seen, pq.read_metadata(p).num_rows)
+                    except (OSError, ValueError):
+                        pass  # removed by compaction in between
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    ray_tmp = tempfile.mkdtemp(prefix="sbr-", dir="/tmp")
+    cmd = [str(Path(sys.executable).parent / "segbatch"), "run", "--input", str(images), "--output", str(out),
+           "--model", name, "--weights", str(ckpt), "--no-report"]  # fmt: skip
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    watcher.start()
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    finally:
+        t_end = time.time()
+        stop.set()
+        watcher.join()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"segbatch run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    job = json.loads((out / "job.json").read_text())
+    n = pq.read_metadata(out / "images.parquet").num_rows
+    parts, total = [], 0
+    for seen, rows in sorted(commits.values()):  # the run's own commits, up to every image once
+        if total >= n:
+            break
+        parts.append((seen, rows))
+        total += rows
+    window = parts[-1][0] - parts[0][0] if parts else 0.0
+    steady = sum(r for _, r in parts[1:]) / window if window > 0 else float("nan")
+    layout = job.get("layout", {})
+    print(f"  {name}: segbatch's own layout: {layout.get('actors')} actors x {layout.get('cpus_per_actor')} CPU, "
+          f"{layout.get('torch_threads')} threads, batch {layout.get('batch_size')}; "
+          f"timings {job.get('timings')}", flush=True)  # fmt: skip
+    return (
+        n / (t_end - t0),
+        steady,
+        job["timings"]["first_commit_s"],
+        job["timings"]["ray_up_s"],
+        float("nan"),
+        float("nan"),
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=256, help="images (default 256)")
@@ -471,8 +542,10 @@ def main() -> None:
         default="fp32",
         help="autocast on a GPU, for the ceiling and segbatch (default fp32)",
     )
-    p.add_argument("--actors", type=int, default=1)
-    p.add_argument("--gpus-per-actor", type=float, default=1.0, help="on a GPU (default 1; 0.5 shares one between 2)")
+    p.add_argument(
+        "--actors", type=int, default=None, help="(any layout flag: in-process runs, a Ray cluster per layout)"
+    )
+    p.add_argument("--gpus-per-actor", type=float, default=None, help="on a GPU (default 1; 0.5 shares one between 2)")
     p.add_argument(
         "--layouts",
         default=None,
@@ -483,7 +556,7 @@ def main() -> None:
     p.add_argument("--plain-n", type=int, default=256, help="images the plain loop runs on (default: 256 at most)")
     p.add_argument("--object-store-gb", type=float, default=1.0)
     p.add_argument("--ceiling-n", type=int, default=256, help="images the ceiling runs on (default: 256 at most)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--cpus-per-actor", type=float, default=None)
     p.add_argument("--torch-threads", type=int, default=None, help="per actor (default: --cpus-per-actor)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs the local Ray cluster declares (default: all)")
     p.add_argument("--min-size", type=int, default=320, help="Mask R-CNN's shorter side (default 320)")
@@ -499,12 +572,17 @@ def main() -> None:
         else args.device
     )
     gpu = device.type == "cuda"
+    # No layout flag: segbatch is measured as a user runs it (`segbatch run`, sized by itself).
+    flags = (args.layouts, args.actors, args.gpus_per_actor, args.cpus_per_actor, args.torch_threads, args.ray_cpus,
+             args.batch_size)  # fmt: skip
+    as_user = all(f is None for f in flags) and not gpu
     if args.batch_size is None:
         args.batch_size = 32 if gpu else 8
+    args.cpus_per_actor = 1.0 if args.cpus_per_actor is None else args.cpus_per_actor
     layouts = (
         [Layout.parse(t) for t in args.layouts.split(",")]
         if args.layouts
-        else [Layout(args.actors, args.gpus_per_actor)]
+        else [Layout(args.actors or 1, 1.0 if args.gpus_per_actor is None else args.gpus_per_actor)]
     )
     if not gpu:
         layouts = [Layout(la.actors, 0.0, la.calls) for la in layouts]
@@ -514,10 +592,14 @@ def main() -> None:
         print(
             f"{args.n} JPEGs {args.width}x{args.height} (written in {time.perf_counter() - t0:.1f} s), "
             f"{os.cpu_count()} CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; batch {args.batch_size}, "
-            f"actors x GPUs {','.join(map(str, layouts))}, {args.cpus_per_actor:g} CPU each, "
-            f"torch threads {args.torch_threads}, "
-            f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
+            f"({torch.get_num_threads()} threads), cuda={torch.cuda.is_available()}; "
+            + (
+                "segbatch as a user runs it (no layout flags), "
+                if as_user
+                else f"batch {args.batch_size}, actors x GPUs {','.join(map(str, layouts))}, "
+                f"{args.cpus_per_actor:g} CPU each, torch threads {args.torch_threads}, "
+            )
+            + f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
             f"device {device}" + (f" ({torch.cuda.get_device_name(0)}, {args.precision})" if gpu else ""),
             flush=True,
         )
@@ -544,10 +626,13 @@ def main() -> None:
             pl = plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device)
             print(f"{name}: plain loop {pl:.2f} img/s", flush=True)
             runs = []
-            for layout in layouts:
+            for layout in [Layout(0, 0.0)] if as_user else layouts:
                 out = work / f"{name}.segbatch"
                 shutil.rmtree(out, ignore_errors=True)
-                measured = segbatch_run(name, ckpt, work / "data" / "images", out, args, device, layout)
+                if as_user:
+                    measured = segbatch_as_user(name, ckpt, work / "data" / "images", out, args)
+                else:
+                    measured = segbatch_run(name, ckpt, work / "data" / "images", out, args, device, layout)
                 runs.append((layout, *measured))
                 e2e, steady, first, ray_s, util, busy = measured
                 # Printed as each run ends, so that a run cut short by a time limit keeps them.

@@ -39,21 +39,43 @@ def _storage_options(text: str) -> dict[str, Any]:
 _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--input", "input", str, "folder or prefix of images (local path or fsspec URL)"),
     ("--output", "output", str, "output folder or prefix (one run = one output)"),
-    ("--model", "model", str, "model name (see `segbatch models`)"),
+    (
+        "--model",
+        "model",
+        str,
+        "a model name (see `segbatch models`), hf:HUB_ID_OR_FOLDER, smp:FOLDER_OR_HUB_ID, export:FILE.pt2, "
+        "or module:function",
+    ),
+    ("--task", "task", str, "semantic or instance: for hf: universal models (Mask2Former, MaskFormer)"),
+    ("--model-card", "model_card", str, "YAML/JSON: task, categories, preprocessing, output (export: needs one)"),
+    ("--model-revision", "model_revision", str, "hf:/smp: hub ids: the branch, tag or commit to use"),
     ("--weights", "weights", str, "DEFAULT, none, or a checkpoint path/URL (default: DEFAULT)"),
     ("--labels", "labels", str, "folder of mask PNGs or a COCO JSON file, for Dice"),
     ("--label-map", "label_map", str, "YAML/JSON: names of mask-PNG ids and model→label category matches"),
     ("--missing-labels", "missing_labels", str, "a missing label is an 'error' row (default) or 'ignore'd"),
-    ("--batch-size", "batch_size", int, "images per model batch (default 8)"),
-    ("--actors", "actors", int, "model actors, one model each (default 1)"),
+    ("--batch-size", "batch_size", int, "images per model batch (default: 32 on a GPU, 8 on a CPU)"),
+    ("--actors", "actors", int, "model actors, one model each (default: one per GPU, else one per CPU)"),
     (
         "--gpus-per-actor",
         "gpus_per_actor",
         float,
         "GPUs per actor; fractions pack actors (default: 1 if the cluster has GPUs, else 0)",
     ),
-    ("--cpus-per-actor", "cpus_per_actor", float, "CPUs per actor, also its torch threads (default 1)"),
-    ("--torch-threads", "torch_threads", int, "torch threads per actor (default: --cpus-per-actor)"),
+    (
+        "--cpus-per-actor",
+        "cpus_per_actor",
+        float,
+        "CPUs reserved per actor, also its torch threads (default: 1 beside a GPU, 0.5 and 1 thread on CPUs)",
+    ),
+    ("--torch-threads", "torch_threads", int, "torch threads per actor (default: --cpus-per-actor, else 1)"),
+    ("--task-cpus", "task_cpus", float, "CPUs reserved per read / encode task (default 0.25)"),
+    (
+        "--stall-timeout",
+        "stall_timeout",
+        float,
+        "stop a run that commits nothing this many seconds while a resource it needs is missing "
+        "(default 600; 0: never)",
+    ),
     (
         "--calls-per-actor",
         "calls_per_actor",
@@ -125,6 +147,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="keep BatchNorm as its own operator instead of folding it into the convolution before it",
     )
     p.add_argument(
+        "--verbose",
+        dest="verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show Ray Data's own per-operator progress lines too",
+    )
+    p.add_argument(
         "--no-report",
         dest="report",
         action="store_false",
@@ -174,17 +203,17 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 def _print_models() -> None:
     from segbatch.categories import PLACEHOLDER
-    from segbatch.models.registry import list_models
+    from segbatch.models.plugins import model_listing
 
     rows = []
-    for spec in list_models():
-        cats = [c for c in spec.categories if c != PLACEHOLDER]
+    for row in model_listing():  # built-ins, installed plugins (not loaded), adapters
+        cats = [c for c in row["categories"] if c != PLACEHOLDER]
         shown = ", ".join(cats[:6]) + (f", … ({len(cats)} in all)" if len(cats) > 6 else "")
-        rows.append((spec.name, spec.task, spec.preprocess.describe(), shown, spec.description))
+        rows.append((row["name"], row["kind"], row["task"], row["input"], shown, row["description"]))
     width = max(len(r[0]) for r in rows)
-    print(f"{'model':<{width}}  {'task':<8}  {'input':<16}  categories")
-    for name, task, size, shown, desc in rows:
-        print(f"{name:<{width}}  {task:<8}  {size:<16}  {shown}")
+    print(f"{'model':<{width}}  {'kind':<8}  {'task':<18}  {'input':<16}  categories")
+    for name, kind, task, size, shown, desc in rows:
+        print(f"{name:<{width}}  {kind:<8}  {task:<18}  {size:<16}  {shown}")
         print(f"{'':<{width}}  {desc}")
 
 

@@ -38,13 +38,21 @@ class JobConfig:
     output: str
     model: str
     weights: str = "DEFAULT"
+    # hf: universal heads (Mask2Former, MaskFormer) need it: semantic | instance.
+    task: str | None = None
+    # YAML/JSON model card: task, categories, preprocessing, output (export: needs one).
+    model_card: str | None = None
+    # hf:/smp: hub ids: branch, tag or commit.
+    model_revision: str | None = None
     labels: str | None = None
     label_map: str | None = None
     missing_labels: MissingLabelPolicy = "error"
-    batch_size: int = 8
-    actors: int = 1
+    # The layout: None sizes it from the cluster (segbatch.driver.layout: one actor per GPU,
+    # or one single-threaded actor per CPU); every value given wins.
+    batch_size: int | None = None  # images per model batch (sized: 32 on a GPU, 8 on a CPU)
+    actors: int | None = None
     gpus_per_actor: float | None = None
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None  # CPU reservation per actor (and its torch threads, if given)
     # torch intra-op threads per actor (default: cpus_per_actor, at least 1). More threads
     # than reserved CPUs let the model use cores that light decode/encode tasks leave idle.
     torch_threads: int | None = None
@@ -53,6 +61,11 @@ class JobConfig:
     # in other threads. Default: 2 on a GPU (the device would otherwise wait on that CPU
     # work), 1 on a CPU (whose cores are already busy).
     calls_per_actor: int | None = None
+    task_cpus: float | None = None  # CPU reservation per read / encode task (sized: 0.25)
+    # Stop a run that commits nothing for this many seconds while a resource its layout needs
+    # is missing from the cluster (0: never).
+    stall_timeout: float = 600.0
+    verbose: bool = False  # Ray Data's own per-operator progress lines on the console
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     min_size: int | None = None
@@ -90,8 +103,10 @@ class JobConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise JobError(f"{name} must be a non-empty string, got {value!r}")
-        _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("actors", self.actors, minimum=1)
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, minimum=1)
+        if self.actors is not None:
+            _check_int("actors", self.actors, minimum=1)
         _check_int("rows_per_part", self.rows_per_part, minimum=1)
         if self.torch_threads is not None:
             _check_int("torch_threads", self.torch_threads, minimum=1)
@@ -101,8 +116,14 @@ class JobConfig:
             _check_int("min_size", self.min_size, minimum=16)
         if self.gpus_per_actor is not None and not (_is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):
             raise JobError(f"gpus_per_actor must be a number >= 0, got {self.gpus_per_actor!r}")
-        if not (_is_number(self.cpus_per_actor) and self.cpus_per_actor > 0):
-            raise JobError(f"cpus_per_actor must be a number > 0, got {self.cpus_per_actor!r}")
+        for name in ("cpus_per_actor", "task_cpus"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and value > 0):
+                raise JobError(f"{name} must be a number > 0, got {value!r}")
+        if not (_is_number(self.stall_timeout) and self.stall_timeout >= 0):
+            raise JobError(f"stall_timeout must be a number of seconds >= 0, got {self.stall_timeout!r}")
+        if not isinstance(self.verbose, bool):
+            raise JobError(f"verbose must be true or false, got {self.verbose!r}")
         for name in ("score_threshold", "mask_threshold"):
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 <= value <= 1.0):
@@ -114,9 +135,13 @@ class JobConfig:
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise JobError(f"precision must be one of fp32, fp16, bf16, got {self.precision!r}")
         if self.high_bit_depth not in HIGH_BIT_DEPTHS:
-            raise JobError(
-                f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTHS)}, got {self.high_bit_depth!r}"
-            )
+            raise JobError(f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTHS)}, got {self.high_bit_depth!r}")
+        if self.task is not None and self.task not in ("semantic", "instance"):
+            raise JobError(f"task must be 'semantic' or 'instance', got {self.task!r}")
+        for name in ("model_card", "model_revision"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise JobError(f"{name} must be a non-empty string, got {value!r}")
         if self.missing_labels not in ("error", "ignore"):
             raise JobError(f"missing_labels must be 'error' or 'ignore', got {self.missing_labels!r}")
         if self.label_map is not None and self.labels is None:

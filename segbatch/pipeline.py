@@ -10,9 +10,11 @@ stage gets explicit arguments:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -26,7 +28,9 @@ import ray
 
 from segbatch.config import JobConfig
 from segbatch.driver import interrupt
-from segbatch.driver.plan import Prepared, coco_info, model_options, prepare
+from segbatch.driver.layout import LayoutRequest, cluster_shape, fit_layout, size_layout
+from segbatch.driver.plan import Prepared, check_output_place, coco_info, model_options, prepare
+from segbatch.driver.progress import CommitCounter, Monitor, Needs
 from segbatch.driver.summary import RunSummary
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
@@ -61,7 +65,8 @@ def run(config: JobConfig) -> RunSummary:
     """Run one job end to end; resumable. Raises :class:`JobError` before any work on bad input."""
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    prep = prepare(config)
+    _configure_logging(config.verbose)
+    prep, ray_up_s = _plan_while_ray_starts(config)
     for warning in prep.warnings:
         log.warning("%s", warning)
     out, manifest = prep.out, prep.plan.manifest
@@ -81,8 +86,9 @@ def run(config: JobConfig) -> RunSummary:
     t_ray = time.perf_counter()
     applied = dict(prep.job["applied"])
     layout: dict[str, Any] = {}
+    first_commit_s = None
     if todo.num_rows:
-        layout = _execute(config, prep, todo)
+        layout, first_commit_s = _execute(config, prep, todo)
         applied["precision"] = layout["precision"]
     t_final = time.perf_counter()
     export = config.export_options()
@@ -107,6 +113,8 @@ def run(config: JobConfig) -> RunSummary:
         report = True
     t_end = time.perf_counter()
     timings = {
+        "ray_up_s": None if ray_up_s is None else round(ray_up_s, 3),  # from the start of run()
+        "first_commit_s": first_commit_s,  # from Ray up to the first committed part
         "plan_s": round(t_ray - t_start, 3),
         "inference_s": round(t_final - t_ray, 3),
         "finalize_s": round(t_end - t_final, 3),
@@ -204,28 +212,101 @@ def _summary(
     )
 
 
-def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> dict[str, Any]:
+def _plan_while_ray_starts(config: JobConfig) -> tuple[Prepared, float | None]:
+    """:func:`prepare` (torch imports, weights, listing, pairing) in a thread while this thread
+    connects to Ray (a local cluster takes ~5 s to start here): start-up costs the longer of the
+    two, not their sum. Ray must be started from the main thread: its node processes die with
+    the thread that started them. Returns the plan and when Ray was up (s since run() began)."""
+    t0 = time.perf_counter()
+    if ray.is_initialized() or _nothing_to_do_likely(config):
+        return prepare(config), None
+    quick_checks(config)  # the common mistakes fail at once, before a cluster is started for nothing
+    result: list[Any] = []
+
+    def plan() -> None:
+        try:
+            result.append(prepare(config))
+        except BaseException as err:  # re-raised in the caller's thread
+            result.append(err)
+
+    planner = threading.Thread(target=plan, name="segbatch-plan", daemon=True)
+    planner.start()
+    try:
+        _connect(config.ray_address)
+    finally:
+        ray_up = time.perf_counter() - t0
+        planner.join()
+    outcome = result[0]
+    if isinstance(outcome, BaseException):
+        ray.shutdown()  # a cluster this run started must not outlive its error
+        raise outcome
+    return outcome, ray_up
+
+
+def _nothing_to_do_likely(config: JobConfig) -> bool:
+    """A rerun of a finished job (``_SUCCESS`` there) usually has nothing to label: no cluster then."""
+    try:
+        fs, root = fsio.resolve(config.output, config.storage_options)
+        return bool(fs.exists(fsio.join(root, SUCCESS)))
+    except Exception:  # any storage problem is prepare()'s to report, with its message
+        return True
+
+
+def quick_checks(config: JobConfig) -> None:
+    """Checks that need no torch and no listing: the output, the input's existence."""
+    check_output_place(config)
+    with fsio.storage_errors(config.input, "input"):
+        fs, root = fsio.resolve(config.input, config.storage_options)
+        if not fs.exists(root):
+            raise JobError(f"input {config.input!r} does not exist")
+
+
+# Ray's loggers kept quieter unless --verbose: Ray Data's per-operator progress (segbatch shows
+# its own), its notice that those progress bars are off, and Ray's notice that token
+# authentication is on (README "Ray clusters with token authentication").
+_QUIET = {
+    "ray.data": logging.WARNING,
+    "ray.data._internal.progress": logging.ERROR,
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+}
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Ray's own progress and notices only with --verbose; segbatch's progress otherwise."""
+    for name, level in _QUIET.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else level)
+
+
+def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> tuple[dict[str, Any], float | None]:
     """Run read → predict → encode → write on Ray Data for the images in ``todo``; returns the
-    layout that ran (for job.json)."""
+    layout that ran (for job.json) and the seconds from Ray up to the first committed part."""
     _connect(config.ray_address)
+    t_up = time.time()
     so = config.storage_options
-    gpus = config.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    calls = config.calls_per_actor or (2 if gpus else 1)
+    cluster = cluster_shape()
+    layout = fit_layout(size_layout(_request(config), cluster), cluster)
+    batches = -(-todo.num_rows // layout.batch_size)
+    if layout.actors > batches:
+        # More model actors than model batches would start models that never get work.
+        if layout.chosen["actors"] == "flag":
+            log.info("%d actors asked for %d batch(es) of images: starting %d", layout.actors, batches, batches)
+        layout = dataclasses.replace(layout, actors=batches, max_actors=max(batches, 1))
     precision = config.precision
-    if not gpus and precision != "fp32":
+    if not layout.gpus_per_actor and precision != "fp32":
         log.warning("--precision %s applies on a GPU; the model actors run on the CPU: fp32", precision)
         precision = "fp32"
+    for warning in layout.warnings:
+        log.warning("%s", warning)
+    given = [f for f, how in layout.chosen.items() if how == "flag"]
     log.info(
-        "labeling %d images with %s on %d actor(s) (%s, %d batch(es) in at once)",
+        "labeling %d images with %s: %s (%s; cluster: %s)",
         todo.num_rows,
         config.model,
-        config.actors,
-        f"{gpus:g} GPU each" if gpus else "CPU",
-        calls,
+        layout.describe(),
+        f"from flags: {', '.join(given)}; the rest sized" if given else "sized from the cluster",
+        cluster.describe(),
     )
-    weights_ref = ray.put(prep.weights)
+    model_ref = ray.put(prep.resolved)
     loaded = prep.loaded
     encode_spec = EncodeSpec(
         task=loaded.task,
@@ -237,24 +318,27 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> dict[str, Any
         storage_options=so,
     )
     predictor_kwargs = {
-        "weights_holder": [weights_ref],
-        "model_name": config.model,
+        "model_holder": [model_ref],
         "options": model_options(config),
-        "precision": config.precision,
+        "precision": precision,
         "channels_last": config.channels_last,
         "fold_batchnorm": config.fold_batchnorm,
-        "num_threads": config.torch_threads or max(1, int(config.cpus_per_actor)),
+        "num_threads": layout.torch_threads,
+        "announce": config.verbose,
     }
     parts_url = prep.out.url_of(PARTS)
+    counter: Any = ray.remote(num_cpus=0)(CommitCounter).remote()
+    batch_size = layout.batch_size
     # One block per model batch, so that reading, inference and encoding pipeline; the
     # blocks hold batch indices only (segbatch.stages.feed), so a million images start in seconds.
-    num_batches = -(-todo.num_rows // config.batch_size)
+    num_batches = -(-todo.num_rows // batch_size)
     todo_ref = ray.put(todo)
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.max_errored_blocks
+    saved = (ctx.max_errored_blocks, ctx.enable_progress_bars)
     # A batch that still fails after its retries (a worker dying on a poison image) is set
     # aside instead of failing the run; its images are retried one by one below.
     ctx.max_errored_blocks = -1
+    ctx.enable_progress_bars = config.verbose
     try:
         # from_items, not range: an in-memory source, so Ray Data paces decoding by the
         # model (a read source runs ahead of it and the first result comes ~6 s later here).
@@ -273,25 +357,25 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> dict[str, Any
                 read_slices,  # type: ignore[arg-type]  # Ray types fn as one-argument; fn_kwargs give the rest
                 fn_kwargs={
                     "todo_holder": [todo_ref],
-                    "batch_size": config.batch_size,
+                    "batch_size": batch_size,
                     "preprocess": loaded.preprocess,
                     "storage_options": so,
                     "high_bit_depth": config.high_bit_depth,
                 },
                 batch_size=1,
                 batch_format="numpy",
-                num_cpus=1,
+                num_cpus=layout.task_cpus,
                 max_retries=READ_TASK_RETRIES,
                 scheduling_strategy="SPREAD",
             )
             ds = ds.map_batches(
                 _RayPredictor,
                 fn_constructor_kwargs=predictor_kwargs,
-                batch_size=config.batch_size,
+                batch_size=batch_size,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=config.actors),
-                num_gpus=gpus,
-                num_cpus=config.cpus_per_actor,
+                compute=ray.data.ActorPoolStrategy(min_size=layout.actors, max_size=layout.max_actors),
+                num_gpus=layout.gpus_per_actor,
+                num_cpus=layout.cpus_per_actor,
                 # One actor per node before two on one: the pool uses every node's cores (and
                 # memory bandwidth), and losing a node loses as few actors as possible.
                 scheduling_strategy="SPREAD",
@@ -300,18 +384,27 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> dict[str, Any
                 max_task_retries=ACTOR_TASK_RETRIES,
                 # Ray Data runs a callable class's __call__ one at a time even so: the other
                 # calls' threads fetch and batch inputs and store outputs meanwhile.
-                max_concurrency=calls,
+                max_concurrency=layout.calls_per_actor,
             )
         ds = ds.map_batches(
             encode_batch,  # type: ignore[arg-type]  # Ray types fn as one-argument; fn_kwargs give the rest
             fn_kwargs={"spec": encode_spec},
-            batch_size=config.batch_size,
+            batch_size=batch_size,
             batch_format="numpy",
-            num_cpus=1,
+            num_cpus=layout.task_cpus,
         )
-        ds.write_datasink(PartsDatasink(parts_url, so, config.rows_per_part))
+        sink = PartsDatasink(parts_url, so, config.rows_per_part, counter=counter)
+        monitor = Monitor(
+            todo.num_rows,
+            lambda: ray.get(counter.read.remote()),
+            Needs(gpus=layout.gpus_per_actor, cpus=min(layout.cpus_per_actor, 1.0)),
+            config.stall_timeout,
+            ray.nodes,
+        )
+        _write_watched(ds, sink, monitor)
     finally:
-        ctx.max_errored_blocks = saved
+        ctx.max_errored_blocks, ctx.enable_progress_bars = saved
+    first = monitor.first_commit
     committed = prep.out.committed_ids()
     left = todo.filter(pc.invert(pc.is_in(todo.column("image_id"), value_set=pa.array(sorted(committed), pa.int64()))))
     if left.num_rows:
@@ -321,11 +414,48 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> dict[str, Any
             predictor_kwargs,
             encode_spec,
             parts_url,
-            num_cpus=config.cpus_per_actor,
-            num_gpus=gpus,
+            num_cpus=layout.cpus_per_actor,
+            num_gpus=layout.gpus_per_actor,
         )
-    return {"actors": config.actors, "gpus_per_actor": gpus, "cpus_per_actor": config.cpus_per_actor,
-            "calls_per_actor": calls, "batch_size": config.batch_size, "precision": precision}  # fmt: skip
+    ray.kill(counter)
+    record = {**layout.to_dict(), "precision": precision, "cluster": cluster.describe()}
+    return record, None if first is None else round(first - t_up, 3)
+
+
+def _request(config: JobConfig) -> LayoutRequest:
+    return LayoutRequest(
+        actors=config.actors,
+        gpus_per_actor=config.gpus_per_actor,
+        cpus_per_actor=config.cpus_per_actor,
+        torch_threads=config.torch_threads,
+        calls_per_actor=config.calls_per_actor,
+        batch_size=config.batch_size,
+        task_cpus=config.task_cpus,
+    )
+
+
+def _write_watched(ds: ray.data.Dataset, sink: PartsDatasink, monitor: Monitor) -> None:
+    """``ds.write_datasink(sink)`` in a thread while this one shows progress and watches for a
+    stall; a stall raises :class:`JobError` here (the pipeline thread is left to Ray's shutdown)."""
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            ds.write_datasink(sink)
+        except BaseException as err:  # re-raised in the caller's thread
+            failure.append(err)
+
+    worker = threading.Thread(target=write, name="segbatch-pipeline", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(timeout=0.25)
+            monitor.poll()
+        monitor.poll()
+    finally:
+        monitor.close()
+    if failure:
+        raise failure[0]
 
 
 def _label_alone(
@@ -405,7 +535,9 @@ def _label_one(
 
 
 def _connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS, or start a local one).
+    """Join the cluster at ``address`` (or RAY_ADDRESS, or an already started local one), or
+    start a local one without the dashboard (its dozen processes cost a small machine seconds
+    of CPU at start; ``ray start --head`` gives one).
 
     An explicit ``host:port`` that does not answer stops the run within
     :data:`CONNECT_TIMEOUT_S` seconds, naming the address: ``ray.init`` itself retries forever.
@@ -415,8 +547,21 @@ def _connect(address: str | None) -> None:
     target = address or os.environ.get("RAY_ADDRESS")
     if target and target not in ("auto", "local") and "://" not in target:
         check_reachable(target, CONNECT_TIMEOUT_S)
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    kwargs: dict[str, Any] = {}
+    if _starts_local_cluster(address):
+        kwargs["include_dashboard"] = False
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, **kwargs)
     interrupt.reinstall()  # ray.init installs a SIGTERM handler of its own
+
+
+def _starts_local_cluster(address: str | None) -> bool:
+    """Whether ``ray.init(address)`` will start a new local cluster (no address found to join)."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(address) is None  # type: ignore[arg-type]  # None: auto-detect
+    except Exception:  # a Ray without it: let ray.init decide, with its defaults
+        return False
 
 
 def check_reachable(address: str, timeout: float) -> None:
@@ -442,15 +587,15 @@ def check_reachable(address: str, timeout: float) -> None:
 class _RayPredictor(Predictor):
     """:class:`Predictor` fed from the object store, on the GPU Ray assigned (if any)."""
 
-    def __init__(self, weights_holder: list[Any], **kwargs: Any) -> None:
+    def __init__(self, model_holder: list[Any], announce: bool = False, **kwargs: Any) -> None:
         # The ObjectRef travels inside a list so that Ray does not resolve it at
-        # construction; the actor fetches the checkpoint bytes once, here.
+        # construction; the actor fetches the model's bytes (a ResolvedModel) once, here.
         gpu_ids = ray.get_gpu_ids()
         device = pick_device(gpu_ids)
         ctx = ray.get_runtime_context()
         worker = (
             f"node={ctx.get_node_id()[:12]} pid={os.getpid()} device={device} gpus={','.join(str(g) for g in gpu_ids)}"
         )
-        super().__init__(weights=lambda: ray.get(weights_holder[0]), device=device, worker=worker, **kwargs)
-        # Ray forwards actor output to the driver: one line per model actor says where it runs.
-        print(f"segbatch: model actor ready: {worker}", flush=True)
+        super().__init__(model=lambda: ray.get(model_holder[0]), device=device, worker=worker, **kwargs)
+        if announce:  # --verbose: Ray forwards actor output to the driver, one line per actor
+            print(f"segbatch: model actor ready: {worker}", flush=True)

@@ -114,7 +114,9 @@ def ray_head(log_path: Path, *, num_cpus: int, num_gpus: int) -> Iterator[RayClu
 
 
 @contextmanager
-def ray_worker_node(head: RayCluster, log_path: Path, *, num_cpus: int) -> Iterator[subprocess.Popen]:
+def ray_worker_node(
+    head: RayCluster, log_path: Path, *, num_cpus: int, num_gpus: int = 0
+) -> Iterator[subprocess.Popen]:
     """A second Ray node on this machine (`ray start --address … --block`), in its own process group.
 
     Killing that group (``os.killpg(proc.pid, SIGKILL)``) stops the node the way a
@@ -133,7 +135,7 @@ def ray_worker_node(head: RayCluster, log_path: Path, *, num_cpus: int) -> Itera
         [
             f"--address={head.address}",
             f"--num-cpus={num_cpus}",
-            "--num-gpus=0",
+            f"--num-gpus={num_gpus}",
             "--object-store-memory=400000000",
             *(f"{flag}={port}" for flag, port in side_ports.items()),
         ],

@@ -45,13 +45,14 @@ def _run(gpu_cluster, sample_dir: Path, out: Path, *args: str) -> tuple[list[dic
         "1",
         "--ray-address",
         gpu_cluster.address,
+        "--verbose",  # each model actor says where it runs
         *args,
     ]
     # Ray folds log lines that differ only in numbers ("[repeated 2x across cluster]"): keep them all.
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 GPU each" in proc.stderr or "0.5 GPU each" in proc.stderr
+    assert "1 GPU + " in proc.stderr or "0.5 GPU + " in proc.stderr
     rows = pq.read_table(out / "images.parquet", columns=["status", "worker"]).to_pylist()
     assert all(r["status"] == "ok" for r in rows)
     return rows, proc.stdout + proc.stderr

@@ -8,12 +8,14 @@ Bad input raises :class:`~segbatch.errors.JobError` naming the value and the fix
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import platform
 import sys
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import pyarrow as pa
@@ -25,8 +27,8 @@ from segbatch.config import JobConfig, redact_url
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.io.listing import Plan, build_plan, list_images, open_labels, with_manifest_schema
-from segbatch.models.registry import LoadedModel, ModelOptions, get_model_spec
-from segbatch.models.weights import ResolvedWeights, load_model, resolve_weights
+from segbatch.models.bundle import ModelBundle, ModelOptions
+from segbatch.models.resolve import ResolvedModel, load_bundle, resolve_model
 from segbatch.outputs.folder import JOB, MANIFEST, OutDir, check_output, job_identity
 
 log = logging.getLogger("segbatch")
@@ -68,8 +70,8 @@ class Prepared:
     out: OutDir
     plan: Plan
     label_kind: str | None
-    loaded: LoadedModel
-    weights: ResolvedWeights
+    loaded: ModelBundle
+    resolved: ResolvedModel  # what the actors build the model from (shipped through the object store)
     eval_space: EvalSpace
     job: dict[str, Any]
     resumed: bool
@@ -114,16 +116,17 @@ def prepare(config: JobConfig) -> Prepared:
     """Everything that can fail before work starts: model, weights, input, labels, output."""
     so = config.storage_options
     out = OutDir.open(config.output, so)
-    fsio.require_shared_folder(out.fs, config.output, "output")
-    if fsio.is_within(config.output, config.input):
-        raise JobError(
-            f"output {config.output!r} lies inside the input {config.input!r}: the next run would label its "
-            "outputs (report pictures) as images; choose an --output outside the input"
-        )
-    spec = get_model_spec(config.model)
+    check_output_place(config)
     with fsio.storage_errors(config.weights, "weights"):
-        weights = resolve_weights(spec, config.weights, so)
-    loaded = load_model(spec, weights, model_options(config))
+        resolved = resolve_model(
+            config.model,
+            config.weights,
+            task=config.task,
+            model_card=config.model_card,
+            revision=config.model_revision,
+            storage_options=so,
+        )
+    loaded = load_bundle(resolved, model_options(config))
     label_map = None
     label_map_sha = None
     if config.label_map is not None:
@@ -134,15 +137,16 @@ def prepare(config: JobConfig) -> Prepared:
             raise JobError(f"label map {config.label_map!r} does not exist") from None
         label_map = parse_label_map(data, config.label_map)
         label_map_sha = hashlib.sha256(data).hexdigest()
-    applied, warnings = applicable_options(config, spec.task)
+    applied, warnings = applicable_options(config, loaded.task)
     identity = job_identity(
         input=redact_url(fsio.canonical_url(config.input)),
         labels=None if config.labels is None else redact_url(fsio.canonical_url(config.labels)),
         label_map_sha256=label_map_sha,
         model=config.model,
-        weights_source=redact_url(weights.source),
-        weights_sha256=weights.sha256,
-        options=applied,
+        weights_source=redact_url(resolved.source),
+        weights_sha256=resolved.sha256,
+        # task and model card for hf:/smp:/export:/plugins; nothing for a built-in (earlier outputs resume)
+        options={**applied, **resolved.identity_options()},
     )
     with fsio.storage_errors(config.output, "output"):
         resumed = check_output(out, identity)
@@ -179,13 +183,15 @@ def prepare(config: JobConfig) -> Prepared:
         "applied": applied,
         "warnings": warnings,
         "model": {
-            "name": spec.name,
-            "task": spec.task,
-            "description": spec.description,
+            "name": config.model,
+            "task": loaded.task,
+            "description": loaded.description,
             "categories": list(loaded.categories),
             "background": loaded.background,
             "preprocess": loaded.preprocess.to_dict(),
-            "weights": {"source": redact_url(weights.source), "sha256": weights.sha256},
+            "weights": {"source": redact_url(resolved.source), "sha256": resolved.sha256},
+            "fast_paths": loaded.fast_paths,
+            **resolved.job_json(),  # kind, revision, files, card, hub commit, …
         },
         "labels": {
             "kind": label_kind,
@@ -196,7 +202,18 @@ def prepare(config: JobConfig) -> Prepared:
         "eval_classes": eval_space.to_dict(),
         "versions": versions(),
     }
-    return Prepared(out, plan, label_kind, loaded, weights, eval_space, job, resumed, changes, tuple(warnings))
+    return Prepared(out, plan, label_kind, loaded, resolved, eval_space, job, resumed, changes, tuple(warnings))
+
+
+def check_output_place(config: JobConfig) -> None:
+    """The output must be a folder workers can write, and not inside the input."""
+    out = OutDir.open(config.output, config.storage_options)
+    fsio.require_shared_folder(out.fs, config.output, "output")
+    if fsio.is_within(config.output, config.input):
+        raise JobError(
+            f"output {config.output!r} lies inside the input {config.input!r}: the next run would label its "
+            "outputs (report pictures) as images; choose an --output outside the input"
+        )
 
 
 def compare_input(config: JobConfig, manifest: pa.Table) -> InputChanges:
@@ -233,7 +250,12 @@ def versions() -> dict[str, str]:
     import torch
     import torchvision
 
+    optional = {}  # the model libraries' versions, where installed (hf:, smp:)
+    for dist in ("transformers", "segmentation-models-pytorch", "timm", "safetensors", "huggingface-hub"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            optional[dist] = metadata.version(dist)
     return {
+        **optional,
         "segbatch": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,

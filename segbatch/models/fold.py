@@ -52,3 +52,35 @@ def _foldable(conv: nn.Module) -> bool:
     # A grouped transposed convolution's weight is (in, out/groups, kh, kw): torch's fusion
     # scales its dim 1 as the output channels, which only holds for groups == 1.
     return type(conv) is nn.Conv2d or (type(conv) is nn.ConvTranspose2d and conv.groups == 1)
+
+
+# Convolution → BatchNorm pairs that a module's ``forward`` applies one right after the
+# other, held as named attributes rather than in a ``Sequential`` (transformers' heads):
+# class name → (convolution attribute, BatchNorm attribute).
+NAMED_PAIRS: dict[str, tuple[str, str]] = {
+    "SegformerDecodeHead": ("linear_fuse", "batch_norm"),
+    "UperNetConvModule": ("conv", "batch_norm"),
+    "BeitConvLayer": ("convolution", "normalization"),
+    "Data2VecVisionConvLayer": ("convolution", "normalization"),
+    "MobileViTConvLayer": ("convolution", "normalization"),
+}
+
+
+def fold_named_pairs(module: nn.Module, pairs: dict[str, tuple[str, str]] | None = None) -> int:
+    """Fold, in place, the BatchNorm of every submodule listed in ``pairs`` (default
+    :data:`NAMED_PAIRS`) into its convolution, leaving ``nn.Identity``; then the ``Sequential``
+    pairs (:func:`fold_batchnorm`). Returns how many were folded in all."""
+    if module.training:
+        raise JobError(f"fold_named_pairs needs a module in eval mode, got {type(module).__name__} in training mode")
+    pairs = NAMED_PAIRS if pairs is None else pairs
+    folded = 0
+    for sub in list(module.modules()):
+        names = pairs.get(type(sub).__name__)
+        if names is None:
+            continue
+        conv, bn = getattr(sub, names[0], None), getattr(sub, names[1], None)
+        if type(bn) is nn.BatchNorm2d and bn.track_running_stats and type(conv) is nn.Conv2d:
+            setattr(sub, names[0], fuse_conv_bn_eval(conv, bn))
+            setattr(sub, names[1], nn.Identity())
+            folded += 1
+    return folded + fold_batchnorm(module)

@@ -19,7 +19,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,10 @@ from torch import nn
 
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
-from segbatch.models.registry import LoadedModel, ModelOptions, ModelSpec, Preprocess
+from segbatch.models.bundle import ModelBundle, ModelOptions, plain_semantic
+from segbatch.models.fold import fold_batchnorm
+from segbatch.models.preprocess import Preprocess
+from segbatch.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +172,8 @@ def save_checkpoint(
     return hashlib.sha256(data).hexdigest()
 
 
-def load_model(spec: ModelSpec, weights: ResolvedWeights, options: ModelOptions) -> LoadedModel:
-    """Build ``spec`` and load ``weights`` into it; the result is in eval mode on the CPU."""
+def load_model(spec: ModelSpec, weights: ResolvedWeights, options: ModelOptions) -> ModelBundle:
+    """Build ``spec`` and load ``weights`` into it: a :class:`ModelBundle`, in eval mode on the CPU."""
     if weights.data is None:
         torch.manual_seed(RANDOM_INIT_SEED)
         module = spec.build(spec.default_kwargs, options)
@@ -191,6 +194,7 @@ def load_model(spec: ModelSpec, weights: ResolvedWeights, options: ModelOptions)
                 f"weights {weights.source!r} do not look like a state_dict of {spec.name!r}: no key {err}"
             ) from None
     module = spec.build(kwargs, options)
+    check_shapes(module, ckpt.state_dict, weights.source, spec.name)
     result = module.load_state_dict(ckpt.state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise JobError(
@@ -214,20 +218,63 @@ def load_model(spec: ModelSpec, weights: ResolvedWeights, options: ModelOptions)
     return _loaded(spec, module, tuple(categories), ckpt.preprocess or spec.preprocess, weights)
 
 
+def check_shapes(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, model: str, fix: str | None = None
+) -> None:
+    """Raise :class:`JobError` for the first tensor (in the module's order) whose shape in
+    ``state_dict`` differs from the module's — torch's own ``size mismatch for …`` is a
+    traceback listing every key at once. ``fix``: what to do instead (default: for a built-in)."""
+    own = module.state_dict()
+    for key, mine in own.items():
+        theirs = state_dict.get(key)
+        if theirs is not None and tuple(theirs.shape) != tuple(mine.shape):
+            raise JobError(
+                f"weights {source!r} do not fit model {model!r}: {key!r} has shape {tuple(theirs.shape)} "
+                f"in the weights but {tuple(mine.shape)} in the model; "
+                + (
+                    fix
+                    or f"pass weights trained for {model!r} with this configuration (a segbatch checkpoint, "
+                    "written by segbatch.models.weights.save_checkpoint, records the model's size)"
+                )
+            )
+
+
 def _loaded(
     spec: ModelSpec, module: nn.Module, categories: tuple[str, ...], preprocess: Preprocess, weights: ResolvedWeights
-) -> LoadedModel:
+) -> ModelBundle:
     module.eval()
     if spec.task == "semantic" and getattr(module, "aux_classifier", None) is not None:
         # The auxiliary head only matters for training; dropping it saves its forward pass.
         module.aux_classifier = None  # type: ignore[assignment]  # torchvision declares it Optional
     if spec.task == "semantic" and len(categories) > 255:
         raise JobError(f"model {spec.name!r} has {len(categories)} classes; label maps hold at most 255")
-    return LoadedModel(
-        spec=spec,
+    coarse = spec.coarse_logits
+    bundle = ModelBundle(
         module=module,
+        task=spec.task,
         categories=categories,
         preprocess=preprocess,
+        semantic=None if spec.task != "semantic" else (_with_via(coarse) if coarse is not None else plain_semantic),
+        name=spec.name,
+        description=spec.description,
+        fold=fold_batchnorm,
+        fast_paths=(
+            "exact class map from coarse logits; BatchNorm folding; channels-last on CPU"
+            if coarse is not None
+            else "BatchNorm folding" + ("; channels-last on CPU" if spec.task == "semantic" else "")
+        ),
         weights_source=weights.source,
         weights_sha256=weights.sha256,
     )
+    return bundle.check(f"model {spec.name!r}")
+
+
+def _with_via(
+    coarse: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+) -> Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, tuple[int, int] | None]]:
+    """A torchvision model's coarse logits with ``via`` = its input size (the forward's own upsampling)."""
+
+    def semantic(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        return coarse(module, x), (int(x.shape[-2]), int(x.shape[-1]))
+
+    return semantic

@@ -77,7 +77,6 @@ class RunMetrics:
             }
         return doc
 
-
     def _unmatched(self) -> dict[str, Any]:
         """Categories one side alone knows, and the pixels of every such class that occurred (a
         label id the model has no class for, e.g. ``label_7``, counts here, not in the means)."""

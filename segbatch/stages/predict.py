@@ -11,6 +11,10 @@ size), for an instance model ``inst_masks`` (``(N, H, W) uint8``), ``inst_labels
 (``(N,) int64``), ``inst_scores`` (``(N,) float32``); ``t_predict`` (s per image) and
 ``worker`` (str: where the model ran).
 ``image`` is dropped. A failure in one image becomes that row's error.
+
+The model is a :class:`~segbatch.models.bundle.ModelBundle` (built-in, Hugging Face, smp,
+exported program or plugin: this stage does not know which); its adapters return the logits
+(semantic) or the instances at the original size (instance).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from segbatch.models.fold import fold_batchnorm as fold_batchnorm_into_convs
-from segbatch.models.registry import LoadedModel, ModelOptions, get_model_spec
+from segbatch.models.bundle import ModelBundle, ModelOptions
+from segbatch.models.registry import get_model_spec
+from segbatch.models.resolve import ResolvedModel, load_bundle
 from segbatch.models.weights import ResolvedWeights, load_model
 from segbatch.stages.classmap import upsampled_argmax_batch
 
@@ -58,37 +63,55 @@ def use_channels_last(task: str, device: torch.device, autocast_dtype: torch.dty
 
 
 class Predictor:
-    """Holds one model and runs batches through it."""
+    """Holds one model (a :class:`ModelBundle`) and runs batches through it.
+
+    The model is either ``model``, a :class:`ResolvedModel` (or a function returning one,
+    e.g. fetching it from Ray's object store) built with :func:`load_bundle`, or, as before,
+    the built-in ``model_name`` with its ``weights``.
+    """
 
     def __init__(
         self,
-        model_name: str,
-        weights: ResolvedWeights | Callable[[], ResolvedWeights],
-        options: ModelOptions,
+        model_name: str | None = None,
+        weights: ResolvedWeights | Callable[[], ResolvedWeights] | None = None,
+        options: ModelOptions | None = None,
         precision: str = "fp32",
         channels_last: bool = True,
         fold_batchnorm: bool = True,
         device: torch.device | str | None = None,
         num_threads: int | None = None,
         worker: str | None = None,
+        model: ResolvedModel | Callable[[], ResolvedModel] | None = None,
     ) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
-        resolved = weights() if callable(weights) else weights
-        self.loaded: LoadedModel = load_model(get_model_spec(model_name), resolved, options)
+        options = options or ModelOptions()
+        if model is not None:
+            self.bundle: ModelBundle = load_bundle(model() if callable(model) else model, options)
+        elif model_name is not None and weights is not None:
+            resolved = weights() if callable(weights) else weights
+            self.bundle = load_model(get_model_spec(model_name), resolved, options)
+        else:
+            raise TypeError("Predictor needs model=ResolvedModel, or model_name with weights")
+        self.loaded = self.bundle  # the name callers used for the built-ins
         self.device = torch.device(device) if device is not None else pick_device()
         self.options = options
         self.autocast_dtype = _DTYPES.get(precision) if self.device.type == "cuda" else None
-        self.channels_last = channels_last and use_channels_last(self.loaded.task, self.device, self.autocast_dtype)
-        module = self.loaded.module
-        # BatchNorm folded into the convolutions (segbatch.models.fold): fewer passes over the
-        # activations; rounds differently, hence an option.
-        self.folded = fold_batchnorm_into_convs(module) if fold_batchnorm else 0
+        self.channels_last = (
+            channels_last
+            and self.bundle.channels_last
+            and use_channels_last(self.bundle.task, self.device, self.autocast_dtype)
+        )
+        module = self.bundle.module
+        # BatchNorm folded into the convolutions (segbatch.models.fold), as the bundle's
+        # adapter says it applies: fewer passes over the activations; rounds differently,
+        # hence an option.
+        self.folded = self.bundle.fold(module) if fold_batchnorm and self.bundle.fold is not None else 0
         module = module.to(self.device)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
-        self.preprocess = self.loaded.preprocess
+        self.preprocess = self.bundle.preprocess
         # Where this predictor runs, recorded on every row (images.parquet ``worker``).
         self.worker = worker or f"pid={os.getpid()} device={self.device}"
 
@@ -97,7 +120,7 @@ class Predictor:
         status = np.asarray(batch["status"], dtype=object).copy()
         error = np.asarray(batch["error"], dtype=object).copy()
         t_predict = np.zeros(n, dtype=np.float64)
-        semantic = self.loaded.task == "semantic"
+        semantic = self.bundle.task == "semantic"
         results: list[Any] = [None] * n
         ok = [i for i in range(n) if status[i] == "ok"]
         # Group images of one input shape: stacking them is exact, where padding to a common
@@ -110,6 +133,8 @@ class Predictor:
         # 7.4 img/s at batch 1 and 4.5 at batch 4 on one thread: the activations of a
         # batch fall out of cache); on a GPU the whole group goes at once.
         step = len(ok) if self.device.type == "cuda" else 1
+        if self.bundle.max_batch:
+            step = min(step, self.bundle.max_batch)
         chunks = [idx[i : i + step] for idx in groups.values() for i in range(0, len(idx), max(step, 1))]
         for idx in chunks:
             t0 = time.perf_counter()
@@ -148,7 +173,7 @@ class Predictor:
     @torch.inference_mode()
     def _run(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[Any]:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            if self.loaded.task == "semantic":
+            if self.bundle.task == "semantic":
                 return self._semantic(batch, idx)
             return self._instance(batch, idx)
 
@@ -157,13 +182,17 @@ class Predictor:
         x = self.preprocess.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        coarse = self.loaded.spec.coarse_logits
-        if coarse is not None:
-            # The logits before the model's own upsampling to its input size (``via``): the
-            # class map then resamples only where classes meet, through both steps.
-            logits, via = coarse(self.module, x), (int(x.shape[-2]), int(x.shape[-1]))
-        else:
-            logits, via = self.module(x)["out"], None
+        assert self.bundle.semantic is not None  # ModelBundle.check sets the default
+        # The bundle's adapter: logits at any size, and where the model's forward ends with
+        # its own upsampling to the input size, the logits before it and that size (``via``):
+        # the class map then resamples only where classes meet, through both steps.
+        logits, via = self.bundle.semantic(self.module, x)
+        if logits.dim() != 4 or logits.shape[0] != len(idx):
+            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, expected (N, C, h, w)")
+        if logits.shape[1] != len(self.bundle.categories):
+            raise ValueError(
+                f"the model returned {logits.shape[1]} classes for {len(self.bundle.categories)} categories"
+            )
         # Back to the original size as detectron2's sem_seg_postprocess does (bilinear on
         # the logits, then argmax), images of one original size together.
         sizes: dict[tuple[int, int], list[int]] = {}
@@ -200,19 +229,9 @@ class Predictor:
             self.preprocess.normalize(torch.from_numpy(np.array(batch["image"][i]))[None].to(self.device))[0]
             for i in idx
         ]
-        outputs = self.module(images)
-        results = []
-        for out in outputs:
-            keep = out["scores"] >= self.options.score_threshold
-            masks = (out["masks"][keep, 0] > self.options.mask_threshold).to(torch.uint8).cpu().numpy()
-            results.append(
-                (
-                    masks,
-                    out["labels"][keep].cpu().numpy().astype(np.int64),
-                    out["scores"][keep].float().cpu().numpy().astype(np.float32),
-                )
-            )
-        return results
+        sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in idx]
+        assert self.bundle.instance is not None  # ModelBundle.check sets the default
+        return self.bundle.instance(self.module, images, sizes, self.options)
 
 
 def _object_array(items: list[np.ndarray]) -> np.ndarray:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
@@ -18,12 +19,19 @@ from segbatch.outputs.parts import write_part
 
 
 class PartsDatasink(Datasink[list[str]]):
-    """Writes each write task's rows as one atomically committed, image_id-sorted part file."""
+    """Writes each write task's rows as one atomically committed, image_id-sorted part file.
 
-    def __init__(self, parts_url: str, storage_options: Mapping[str, Any], rows_per_part: int) -> None:
+    ``counter`` (optional): an actor handle with ``add(images, errors)``, told of every commit
+    (fire-and-forget) so that the driver shows progress without listing storage.
+    """
+
+    def __init__(
+        self, parts_url: str, storage_options: Mapping[str, Any], rows_per_part: int, counter: Any = None
+    ) -> None:
         self.parts_url = parts_url
         self.storage_options = dict(storage_options)
         self.rows_per_part = rows_per_part
+        self.counter = counter
 
     @property
     def min_rows_per_write(self) -> int:
@@ -34,4 +42,9 @@ class PartsDatasink(Datasink[list[str]]):
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return []
-        return [write_part(pa.concat_tables(tables), self.parts_url, self.storage_options)]
+        table = pa.concat_tables(tables)
+        name = write_part(table, self.parts_url, self.storage_options)
+        if self.counter is not None:
+            errors = pc.sum(pc.not_equal(table.column("status"), "ok")).as_py() or 0
+            self.counter.add.remote(table.num_rows, errors)
+        return [name]
