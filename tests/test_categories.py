@@ -60,7 +60,10 @@ def test_torchvision_placeholders_are_not_classes():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"unicorn": "cat"}, r"label map: model categories \['unicorn'\] are unknown; valid: __background__, cat, diningtable"),
+        (
+            {"unicorn": "cat"},
+            r"label map: model categories \['unicorn'\] are unknown; valid: __background__, cat, diningtable",
+        ),
         ({"cat": "unicorn"}, r"label map \('cat'\): label categories \['unicorn'\] are unknown; valid: cat"),
     ],
 )

@@ -41,8 +41,9 @@ def test_a_coco_file_that_lists_some_of_the_images_scores_those_and_labels_the_r
             poly = [box[0], box[1], box[2], box[1], box[2], box[3], box[0], box[3]]
             annotations.append({"id": k, "image_id": 100 + k, "category_id": 1, "segmentation": [poly]})
     coco = tmp_path / "three.json"
-    coco.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "circle"}]}))  # fmt: skip
+    coco.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "circle"}]})
+    )
     summary = run(
         JobConfig(
             input=str(data / "images"),
@@ -51,15 +52,18 @@ def test_a_coco_file_that_lists_some_of_the_images_scores_those_and_labels_the_r
             model="unet",
             batch_size=4,
             missing_labels="ignore",
-        )  # fmt: skip
+        )
     )
     rows = pq.read_table(tmp_path / "out" / "images.parquet").to_pylist()
     assert summary.num_images == 20 and summary.num_errors == 0
     assert sorted(r["file_name"] for r in rows if r["labeled"]) == listed
     assert all(r["status"] == "ok" and r["num_masks"] >= 0 for r in rows)
     # with the default policy, the unlisted images are error rows naming the cause, the job still completes
-    strict = run(JobConfig(input=str(data / "images"), labels=str(coco), output=str(tmp_path / "strict"),
-                           model="unet", batch_size=4))  # fmt: skip
+    strict = run(
+        JobConfig(
+            input=str(data / "images"), labels=str(coco), output=str(tmp_path / "strict"), model="unet", batch_size=4
+        )
+    )
     errors = [r for r in pq.read_table(tmp_path / "strict" / "images.parquet").to_pylist() if r["status"] == "error"]
     assert strict.num_errors == 17 == len(errors)
     assert all("the COCO labels list no image with file_name" in r["error"] for r in errors)
@@ -72,8 +76,11 @@ def test_label_ids_the_model_does_not_know_are_reported_and_left_out_of_the_mean
     label = np.asarray(Image.open(first)).copy()
     label[:5, :5] = 7  # 25 stray pixels of an id the 4-class model has no class for
     save_label_png(label, str(first))
-    summary = run(JobConfig(input=str(data / "images"), labels=str(masks), output=str(tmp_path / "out"),
-                            model="unet", batch_size=4))  # fmt: skip
+    summary = run(
+        JobConfig(
+            input=str(data / "images"), labels=str(masks), output=str(tmp_path / "out"), model="unet", batch_size=4
+        )
+    )
     m = summary.metrics
     assert m["unmatched"]["label_only"] == ["label_7"]
     assert m["unmatched"]["pixels"]["label_7"]["label_pixels"] == 25
@@ -119,8 +126,15 @@ def test_export_flags_on_a_finished_job_are_applied_and_recorded(data, tmp_path,
 
 
 def test_options_that_do_not_apply_are_warned_about_and_recorded_as_what_ran(data, tmp_path, ray_cluster, caplog):
-    config = JobConfig(input=str(data / "images"), output=str(tmp_path / "out"), model="unet", batch_size=4,
-                       precision="fp16", score_threshold=0.7, min_size=300)  # fmt: skip
+    config = JobConfig(
+        input=str(data / "images"),
+        output=str(tmp_path / "out"),
+        model="unet",
+        batch_size=4,
+        precision="fp16",
+        score_threshold=0.7,
+        min_size=300,
+    )
     with caplog.at_level("WARNING", logger="segbatch"):
         run(config)
     text = caplog.text
@@ -131,5 +145,11 @@ def test_options_that_do_not_apply_are_warned_about_and_recorded_as_what_ran(dat
     assert job["applied"]["precision"] == "fp32" and job["applied"]["score_threshold"] is None
     assert job["config"]["precision"] == "fp16"  # what was asked stays visible beside what ran
     # an option that does not apply does not make another job: the default rerun resumes it
-    assert run(JobConfig(input=str(data / "images"), output=str(tmp_path / "out"), model="unet", batch_size=4,
-                         precision="fp16")).num_processed == 0  # fmt: skip
+    assert (
+        run(
+            JobConfig(
+                input=str(data / "images"), output=str(tmp_path / "out"), model="unet", batch_size=4, precision="fp16"
+            )
+        ).num_processed
+        == 0
+    )
