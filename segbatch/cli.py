@@ -93,7 +93,12 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
         "16-bit grayscale to 8 bits: range (default: the image's own min..max), percentile (ImageJ's auto "
         "contrast) or full (÷257)",
     ),
-    ("--rows-per-part", "rows_per_part", int, "images per committed part file (default 64)"),
+    (
+        "--rows-per-part",
+        "rows_per_part",
+        int,
+        "images per committed part file (default: 8 to 64 by the size of the run)",
+    ),
     ("--ray-address", "ray_address", str, "Ray cluster address (default: RAY_ADDRESS or a local cluster)"),
     ("--storage-options", "storage_options", _storage_options, "fsspec options as JSON, e.g. '{\"anon\": true}'"),
 ]
@@ -332,5 +337,13 @@ def _offline(args: argparse.Namespace) -> int:
     return 0
 
 
+def console() -> None:
+    """The ``segbatch`` command: :func:`main`, then a fast exit (see :func:`segbatch.driver.interrupt.fast_exit`)."""
+    code = main()
+    from segbatch.driver.interrupt import fast_exit
+
+    fast_exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

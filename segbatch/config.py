@@ -84,7 +84,7 @@ class JobConfig:
     # How 16/32-bit grayscale becomes 8-bit (segbatch.io.images): "range" (the image's own
     # min..max), "percentile" (ImageJ's auto contrast) or "full" (÷257).
     high_bit_depth: HighBitDepth = "range"
-    rows_per_part: int = 64
+    rows_per_part: int | None = None  # images per committed part file (sized: 8 to 64 by the run's size)
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ray_address: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
@@ -107,7 +107,8 @@ class JobConfig:
             _check_int("batch_size", self.batch_size, minimum=1)
         if self.actors is not None:
             _check_int("actors", self.actors, minimum=1)
-        _check_int("rows_per_part", self.rows_per_part, minimum=1)
+        if self.rows_per_part is not None:
+            _check_int("rows_per_part", self.rows_per_part, minimum=1)
         if self.torch_threads is not None:
             _check_int("torch_threads", self.torch_threads, minimum=1)
         if self.calls_per_actor is not None:

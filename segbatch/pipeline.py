@@ -4,7 +4,7 @@ This is the only module that wires Ray (the datasink lives in :mod:`segbatch.sta
 torch-free; what the driver decides before and around it lives in :mod:`segbatch.driver`). Each
 stage gets explicit arguments:
 
-    manifest ─▶ read_slices (CPU tasks) ─▶ Predictor (actor pool, GPU-pinned or CPU)
+    manifest ─▶ read_slices (CPU tasks) ─▶ RayPredictor (actor pool, GPU-pinned or CPU)
              ─▶ encode_batch (CPU tasks) ─▶ PartsDatasink (atomic part files) ─▶ finalize
 """
 
@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -28,11 +27,12 @@ import ray
 
 from segbatch.config import JobConfig
 from segbatch.driver import interrupt
-from segbatch.driver.layout import LayoutRequest, cluster_shape, fit_layout, size_layout
+from segbatch.driver.layout import ClusterShape, Layout, LayoutRequest, cluster_shape, fit_layout, size_layout
 from segbatch.driver.plan import Prepared, check_output_place, coco_info, model_options, prepare
 from segbatch.driver.progress import CommitCounter, Monitor, Needs
 from segbatch.driver.summary import RunSummary
 from segbatch.errors import JobError
+from segbatch.executor import ACTOR_TASK_RETRIES, READ_TASK_RETRIES, Executor, encode_commit
 from segbatch.io import fs as fsio
 from segbatch.outputs.coco import rewrite_coco_exports
 from segbatch.outputs.finalize import FinalizeSpec, finalize
@@ -40,23 +40,15 @@ from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS
 from segbatch.outputs.parts import write_part
 from segbatch.outputs.schema import PART_SCHEMA
 from segbatch.stages.encode import EncodeSpec, encode_batch
-from segbatch.stages.feed import read_slices
-from segbatch.stages.predict import Predictor, pick_device
-from segbatch.stages.read import read_batch
-from segbatch.stages.sink import PartsDatasink
 
 __all__ = ["RunSummary", "run"]
 
 log = logging.getLogger("segbatch")
 
-READ_TASK_RETRIES = 3
-ACTOR_TASK_RETRIES = 2
 # Images of failed batches that are retried one per task before the run gives up; more
 # than this means something broader than a bad image (storage down, every worker dying).
 ISOLATE_MAX = 256
-# Ray Data puts each input block in the object store from the driver (~1 ms each here):
-# past this many model batches, a block carries several (its read task reads them in turn).
-FEED_BLOCKS = 1000
+ROWS_PER_PART = 64  # rows per committed part file of a large run (--rows-per-part)
 # How long an explicit --ray-address may take to answer before the run stops with a message.
 CONNECT_TIMEOUT_S = 10.0
 
@@ -66,7 +58,15 @@ def run(config: JobConfig) -> RunSummary:
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _configure_logging(config.verbose)
-    prep, ray_up_s = _plan_while_ray_starts(config)
+    start = _start(config)
+    try:
+        return _run(config, start, t_start, started)
+    finally:
+        start.stop()
+
+
+def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> RunSummary:
+    prep, ray_up_s = start.prep, start.ray_up_s
     for warning in prep.warnings:
         log.warning("%s", warning)
     out, manifest = prep.out, prep.plan.manifest
@@ -88,7 +88,7 @@ def run(config: JobConfig) -> RunSummary:
     layout: dict[str, Any] = {}
     first_commit_s = None
     if todo.num_rows:
-        layout, first_commit_s = _execute(config, prep, todo)
+        layout, first_commit_s = _execute(config, prep, todo, start)
         applied["precision"] = layout["precision"]
     t_final = time.perf_counter()
     export = config.export_options()
@@ -212,14 +212,34 @@ def _summary(
     )
 
 
-def _plan_while_ray_starts(config: JobConfig) -> tuple[Prepared, float | None]:
-    """:func:`prepare` (torch imports, weights, listing, pairing) in a thread while this thread
-    connects to Ray (a local cluster takes ~5 s to start here): start-up costs the longer of the
-    two, not their sum. Ray must be started from the main thread: its node processes die with
-    the thread that started them. Returns the plan and when Ray was up (s since run() began)."""
+@dataclasses.dataclass
+class _StartUp:
+    """What a run has when its work can begin: the plan, and (when there is work) the cluster,
+    the layout and the model actors, already starting."""
+
+    prep: Prepared
+    ray_up_s: float | None = None  # from the start of run() until Ray was up and the actors created
+    t_up: float | None = None  # wall clock when Ray was up
+    cluster: ClusterShape | None = None
+    layout: Layout | None = None
+    precision: str = "fp32"
+    executor: Executor | None = None
+
+    def stop(self) -> None:
+        if self.executor is not None:
+            self.executor.stop()
+            self.executor = None
+
+
+def _start(config: JobConfig) -> _StartUp:
+    """Plan and start: :func:`prepare` (torch imports, weights, listing, pairing) runs in a thread
+    while this thread connects to Ray (a local cluster takes ~3 s to start here), sizes the
+    layout and creates the model actors, which then import torch while the planning goes on:
+    start-up costs the longest of the three, not their sum. (Ray must be started from the main
+    thread: its node processes die with the thread that started them.)"""
     t0 = time.perf_counter()
-    if ray.is_initialized() or _nothing_to_do_likely(config):
-        return prepare(config), None
+    if _nothing_to_do_likely(config):
+        return _StartUp(prepare(config))
     quick_checks(config)  # the common mistakes fail at once, before a cluster is started for nothing
     result: list[Any] = []
 
@@ -231,16 +251,56 @@ def _plan_while_ray_starts(config: JobConfig) -> tuple[Prepared, float | None]:
 
     planner = threading.Thread(target=plan, name="segbatch-plan", daemon=True)
     planner.start()
+    launched = None
+    started_ray = not ray.is_initialized()
     try:
         _connect(config.ray_address)
+        launched = _launch(config)
+        ray_up_s = time.perf_counter() - t0
     finally:
-        ray_up = time.perf_counter() - t0
         planner.join()
-    outcome = result[0]
+        outcome = result[0] if result else None
+        if not isinstance(outcome, Prepared) or launched is None:
+            if launched is not None:
+                launched.executor.stop()
+            if started_ray:
+                ray.shutdown()  # a cluster this run started must not outlive its error
     if isinstance(outcome, BaseException):
-        ray.shutdown()  # a cluster this run started must not outlive its error
         raise outcome
-    return outcome, ray_up
+    assert isinstance(outcome, Prepared)
+    return _StartUp(outcome, ray_up_s, launched.t_up, launched.cluster, launched.layout, launched.precision,
+                    launched.executor)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class _Launched:
+    t_up: float
+    cluster: ClusterShape
+    layout: Layout
+    precision: str
+    executor: Executor
+
+
+def _launch(config: JobConfig) -> _Launched:
+    """Size the layout from the cluster and create the model actors (they load the model later)."""
+    t_up = time.time()
+    cluster = cluster_shape()
+    layout = fit_layout(size_layout(_request(config), cluster), cluster)
+    precision = config.precision
+    if not layout.gpus_per_actor and precision != "fp32":
+        log.warning("--precision %s applies on a GPU; the model actors run on the CPU: fp32", precision)
+        precision = "fp32"
+    for warning in layout.warnings:
+        log.warning("%s", warning)
+    settings = {
+        "options": model_options(config),
+        "precision": precision,
+        "channels_last": config.channels_last,
+        "fold_batchnorm": config.fold_batchnorm,
+        "num_threads": layout.torch_threads,
+        "announce": config.verbose,
+    }
+    return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings))
 
 
 def _nothing_to_do_likely(config: JobConfig) -> bool:
@@ -257,6 +317,7 @@ def quick_checks(config: JobConfig) -> None:
     check_output_place(config)
     with fsio.storage_errors(config.input, "input"):
         fs, root = fsio.resolve(config.input, config.storage_options)
+        fsio.require_shared_folder(fs, config.input, "input")
         if not fs.exists(root):
             raise JobError(f"input {config.input!r} does not exist")
 
@@ -274,29 +335,28 @@ _QUIET = {
 def _configure_logging(verbose: bool) -> None:
     """Ray's own progress and notices only with --verbose; segbatch's progress otherwise."""
     for name, level in _QUIET.items():
-        logging.getLogger(name).setLevel(logging.NOTSET if verbose else level)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else level)
 
 
-def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> tuple[dict[str, Any], float | None]:
-    """Run read → predict → encode → write on Ray Data for the images in ``todo``; returns the
-    layout that ran (for job.json) and the seconds from Ray up to the first committed part."""
-    _connect(config.ray_address)
-    t_up = time.time()
+def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp) -> tuple[dict[str, Any], float | None]:
+    """Label the images in ``todo`` with the run's executor; returns the layout that ran (for
+    job.json) and the seconds from Ray up to the first committed part."""
+    if start.executor is None:  # planned without a cluster (a finished job, it seemed): start now
+        _connect(config.ray_address)
+        launched = _launch(config)
+        start.cluster, start.layout, start.precision = launched.cluster, launched.layout, launched.precision
+        start.executor, start.t_up = launched.executor, launched.t_up
+    executor, layout, cluster = start.executor, start.layout, start.cluster
+    assert executor is not None and layout is not None and cluster is not None and start.t_up is not None
     so = config.storage_options
-    cluster = cluster_shape()
-    layout = fit_layout(size_layout(_request(config), cluster), cluster)
     batches = -(-todo.num_rows // layout.batch_size)
-    if layout.actors > batches:
-        # More model actors than model batches would start models that never get work.
+    if layout.max_actors > batches:
+        # More model actors than model batches would hold models that never get work.
         if layout.chosen["actors"] == "flag":
             log.info("%d actors asked for %d batch(es) of images: starting %d", layout.actors, batches, batches)
-        layout = dataclasses.replace(layout, actors=batches, max_actors=max(batches, 1))
-    precision = config.precision
-    if not layout.gpus_per_actor and precision != "fp32":
-        log.warning("--precision %s applies on a GPU; the model actors run on the CPU: fp32", precision)
-        precision = "fp32"
-    for warning in layout.warnings:
-        log.warning("%s", warning)
+        executor.shrink(batches)
+        layout = dataclasses.replace(layout, actors=min(layout.actors, batches), max_actors=batches)
+        executor.layout = layout
     given = [f for f, how in layout.chosen.items() if how == "flag"]
     log.info(
         "labeling %d images with %s: %s (%s; cluster: %s)",
@@ -306,8 +366,8 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> tuple[dict[st
         f"from flags: {', '.join(given)}; the rest sized" if given else "sized from the cluster",
         cluster.describe(),
     )
-    model_ref = ray.put(prep.resolved)
     loaded = prep.loaded
+    executor.load(ray.put(prep.resolved))
     encode_spec = EncodeSpec(
         task=loaded.task,
         categories=loaded.categories,
@@ -317,109 +377,42 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table) -> tuple[dict[st
         missing_labels=config.missing_labels,
         storage_options=so,
     )
-    predictor_kwargs = {
-        "model_holder": [model_ref],
-        "options": model_options(config),
-        "precision": precision,
-        "channels_last": config.channels_last,
-        "fold_batchnorm": config.fold_batchnorm,
-        "num_threads": layout.torch_threads,
-        "announce": config.verbose,
-    }
     parts_url = prep.out.url_of(PARTS)
-    counter: Any = ray.remote(num_cpus=0)(CommitCounter).remote()
-    batch_size = layout.batch_size
-    # One block per model batch, so that reading, inference and encoding pipeline; the
-    # blocks hold batch indices only (segbatch.stages.feed), so a million images start in seconds.
-    num_batches = -(-todo.num_rows // batch_size)
+    # Small runs commit often (the first part, and progress, come after one batch); large ones
+    # in parts of up to 64 rows (fewer files for resume to read and finalize to merge).
+    rows_per_part = config.rows_per_part or max(layout.batch_size, min(ROWS_PER_PART, todo.num_rows // 32))
+    group = max(1, rows_per_part // layout.batch_size)
+    encode_task = encode_commit.options(num_cpus=layout.task_cpus, max_retries=READ_TASK_RETRIES)
+
+    def encode(predicted: list[Any]) -> Any:
+        return encode_task.remote(encode_spec, parts_url, so, *predicted)
+
+    counter = CommitCounter()
+    monitor = Monitor(
+        todo.num_rows,
+        counter.read,
+        Needs(gpus=layout.gpus_per_actor, cpus=min(layout.cpus_per_actor, 1.0)),
+        config.stall_timeout,
+        ray.nodes,
+    )
+    read_args = (loaded.preprocess, so, config.high_bit_depth)
     todo_ref = ray.put(todo)
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.max_errored_blocks, ctx.enable_progress_bars)
-    # A batch that still fails after its retries (a worker dying on a poison image) is set
-    # aside instead of failing the run; its images are retried one by one below.
-    ctx.max_errored_blocks = -1
-    ctx.enable_progress_bars = config.verbose
     try:
-        # from_items, not range: an in-memory source, so Ray Data paces decoding by the
-        # model (a read source runs ahead of it and the first result comes ~6 s later here).
-        ds: ray.data.Dataset = ray.data.from_items(
-            [{"id": i} for i in range(num_batches)], override_num_blocks=min(num_batches, FEED_BLOCKS)
-        )
-        # Retries and SPREAD have no named parameter yet: **ray_remote_args is how Ray Data
-        # takes them (deprecated, removed in Ray 2.64, hence the pin in pyproject.toml).
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            # Read tasks retry a bounded number of times when their worker dies (a decode error
-            # is an error row, not a retry). Giving them remote args the actors lack also keeps
-            # Ray Data from fusing decoding into the model actors: decoding runs in parallel
-            # CPU tasks, spread over the cluster, while the actors only run the model.
-            ds = ds.map_batches(
-                read_slices,  # type: ignore[arg-type]  # Ray types fn as one-argument; fn_kwargs give the rest
-                fn_kwargs={
-                    "todo_holder": [todo_ref],
-                    "batch_size": batch_size,
-                    "preprocess": loaded.preprocess,
-                    "storage_options": so,
-                    "high_bit_depth": config.high_bit_depth,
-                },
-                batch_size=1,
-                batch_format="numpy",
-                num_cpus=layout.task_cpus,
-                max_retries=READ_TASK_RETRIES,
-                scheduling_strategy="SPREAD",
-            )
-            ds = ds.map_batches(
-                _RayPredictor,
-                fn_constructor_kwargs=predictor_kwargs,
-                batch_size=batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=layout.actors, max_size=layout.max_actors),
-                num_gpus=layout.gpus_per_actor,
-                num_cpus=layout.cpus_per_actor,
-                # One actor per node before two on one: the pool uses every node's cores (and
-                # memory bandwidth), and losing a node loses as few actors as possible.
-                scheduling_strategy="SPREAD",
-                # A dead actor is restarted (Ray Data's default) and its batch retried a bounded
-                # number of times (Ray Data's default is forever), so a poison batch cannot loop.
-                max_task_retries=ACTOR_TASK_RETRIES,
-                # Ray Data runs a callable class's __call__ one at a time even so: the other
-                # calls' threads fetch and batch inputs and store outputs meanwhile.
-                max_concurrency=layout.calls_per_actor,
-            )
-        ds = ds.map_batches(
-            encode_batch,  # type: ignore[arg-type]  # Ray types fn as one-argument; fn_kwargs give the rest
-            fn_kwargs={"spec": encode_spec},
-            batch_size=batch_size,
-            batch_format="numpy",
-            num_cpus=layout.task_cpus,
-        )
-        sink = PartsDatasink(parts_url, so, config.rows_per_part, counter=counter)
-        monitor = Monitor(
-            todo.num_rows,
-            lambda: ray.get(counter.read.remote()),
-            Needs(gpus=layout.gpus_per_actor, cpus=min(layout.cpus_per_actor, 1.0)),
-            config.stall_timeout,
-            ray.nodes,
-        )
-        _write_watched(ds, sink, monitor)
+        failed = executor.run(todo.num_rows, todo_ref, read_args, encode, group, counter, monitor)
     finally:
-        ctx.max_errored_blocks, ctx.enable_progress_bars = saved
+        monitor.close()
     first = monitor.first_commit
+    executor.stop()  # the model actors' CPUs and GPUs go to the one-image tasks below, if any
     committed = prep.out.committed_ids()
     left = todo.filter(pc.invert(pc.is_in(todo.column("image_id"), value_set=pa.array(sorted(committed), pa.int64()))))
     if left.num_rows:
-        _label_alone(
-            left,
-            (loaded.preprocess, so, config.high_bit_depth),
-            predictor_kwargs,
-            encode_spec,
-            parts_url,
-            num_cpus=layout.cpus_per_actor,
-            num_gpus=layout.gpus_per_actor,
-        )
-    ray.kill(counter)
-    record = {**layout.to_dict(), "precision": precision, "cluster": cluster.describe()}
-    return record, None if first is None else round(first - t_up, 3)
+        if not failed:
+            log.warning("%d images have no committed result although every batch finished", left.num_rows)
+        settings = {**executor.settings, "model_holder": [ray.put(prep.resolved)]}
+        label_alone(left, read_args, settings, encode_spec, parts_url,
+                    num_cpus=layout.cpus_per_actor, num_gpus=layout.gpus_per_actor)  # fmt: skip
+    record = {**layout.to_dict(), "precision": start.precision, "cluster": cluster.describe()}
+    return record, None if first is None else round(first - start.t_up, 3)
 
 
 def _request(config: JobConfig) -> LayoutRequest:
@@ -434,31 +427,7 @@ def _request(config: JobConfig) -> LayoutRequest:
     )
 
 
-def _write_watched(ds: ray.data.Dataset, sink: PartsDatasink, monitor: Monitor) -> None:
-    """``ds.write_datasink(sink)`` in a thread while this one shows progress and watches for a
-    stall; a stall raises :class:`JobError` here (the pipeline thread is left to Ray's shutdown)."""
-    failure: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            ds.write_datasink(sink)
-        except BaseException as err:  # re-raised in the caller's thread
-            failure.append(err)
-
-    worker = threading.Thread(target=write, name="segbatch-pipeline", daemon=True)
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(timeout=0.25)
-            monitor.poll()
-        monitor.poll()
-    finally:
-        monitor.close()
-    if failure:
-        raise failure[0]
-
-
-def _label_alone(
+def label_alone(
     rows: pa.Table,
     read_args: tuple[Any, Mapping[str, Any], str],
     predictor_kwargs: dict[str, Any],
@@ -530,7 +499,10 @@ def _label_one(
     ``read_args``: (preprocess, storage options, high-bit-depth conversion)."""
     preprocess, so, high_bit_depth = read_args
     batch = {c: np.array(rows.column(c).to_pylist(), dtype=object) for c in rows.column_names}
-    predicted = _RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so, high_bit_depth))  # type: ignore[arg-type]
+    from segbatch.stages.actor import RayPredictor
+    from segbatch.stages.read import read_batch
+
+    predicted = RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so, high_bit_depth))  # type: ignore[arg-type]
     return write_part(encode_batch(predicted, encode_spec), parts_url, so)
 
 
@@ -582,20 +554,3 @@ def check_reachable(address: str, timeout: float) -> None:
                     "(and RAY_ADDRESS) to start a local cluster"
                 ) from None
             time.sleep(0.5)
-
-
-class _RayPredictor(Predictor):
-    """:class:`Predictor` fed from the object store, on the GPU Ray assigned (if any)."""
-
-    def __init__(self, model_holder: list[Any], announce: bool = False, **kwargs: Any) -> None:
-        # The ObjectRef travels inside a list so that Ray does not resolve it at
-        # construction; the actor fetches the model's bytes (a ResolvedModel) once, here.
-        gpu_ids = ray.get_gpu_ids()
-        device = pick_device(gpu_ids)
-        ctx = ray.get_runtime_context()
-        worker = (
-            f"node={ctx.get_node_id()[:12]} pid={os.getpid()} device={device} gpus={','.join(str(g) for g in gpu_ids)}"
-        )
-        super().__init__(model=lambda: ray.get(model_holder[0]), device=device, worker=worker, **kwargs)
-        if announce:  # --verbose: Ray forwards actor output to the driver, one line per actor
-            print(f"segbatch: model actor ready: {worker}", flush=True)

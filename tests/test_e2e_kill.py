@@ -110,7 +110,7 @@ def test_sigkill_of_the_driver_then_rerun_finishes_exactly_once(many, reference,
 
 
 def _predictor_pids() -> list[int]:
-    """Model actor processes: Ray titles them ``ray::MapWorker(MapBatches(_RayPredictor))``."""
+    """Model actor processes: Ray titles them ``ray::ModelActor`` (``ray::ModelActor.predict`` while busy)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -119,13 +119,14 @@ def _predictor_pids() -> list[int]:
             title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"_RayPredictor" in title:
+        if title.startswith(b"ray::ModelActor"):
             pids.append(int(entry.name))
     return pids
 
 
 def test_sigkill_of_a_model_actor_is_survived_without_loss(many, reference, tmp_path, ray_cluster):
-    """Ray Data restarts the actor and retries its batches; the run completes by itself."""
+    """Ray restarts the actor, the executor loads its model again and resends its batches; the run
+    completes by itself."""
     import threading
 
     out = tmp_path / "out"

@@ -60,22 +60,20 @@ def test_a_rerun_computes_only_what_was_not_committed(sample_dir, tmp_path, ray_
     assert stable(out) == reference
 
 
-def test_several_model_batches_per_feed_block_give_the_same_outputs(sample_dir, tmp_path, ray_cluster, monkeypatch):
-    """Past FEED_BLOCKS model batches, one input block carries several: same results."""
-    from segbatch import pipeline
+def test_other_batch_sizes_and_part_sizes_give_the_same_outputs(sample_dir, tmp_path, ray_cluster):
+    """How images are cut into model batches and grouped into part files changes no result."""
 
-    def config(out: Path) -> JobConfig:
+    def config(out: Path, batch: int, part: int) -> JobConfig:
         return JobConfig(
             input=str(sample_dir / "images"),
             labels=str(sample_dir / "masks"),
             output=str(out),
             model="unet",
-            batch_size=2,
-            rows_per_part=2,
+            batch_size=batch,
+            rows_per_part=part,
         )
 
-    run(config(tmp_path / "one-per-block"))
-    monkeypatch.setattr(pipeline, "FEED_BLOCKS", 2)  # 6 model batches in 2 blocks
-    summary = run(config(tmp_path / "three-per-block"))
+    run(config(tmp_path / "small", 2, 2))
+    summary = run(config(tmp_path / "grouped", 3, 9))  # three batches per part, the last one short
     assert summary.num_processed == 12 and summary.num_errors == 0
-    assert stable(tmp_path / "three-per-block") == stable(tmp_path / "one-per-block")
+    assert stable(tmp_path / "grouped") == stable(tmp_path / "small")

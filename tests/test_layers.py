@@ -70,4 +70,6 @@ def test_every_module_is_in_a_known_place():
         parts = _module_name(path).split(".")
         assert len(parts) <= 3, f"{path}: the package is at most one folder deep"
         if len(parts) == 2:
-            assert parts[1] in CORE | set(LAYERS) | {"config", "pipeline", "cli"}, f"{path}: where does it belong?"
+            assert parts[1] in CORE | set(LAYERS) | {"config", "pipeline", "executor", "cli"}, (
+                f"{path}: where does it belong?"
+            )

@@ -5,11 +5,13 @@ autoscaler may add) and picks the layout measured fastest (``bench/throughput.py
 
 * GPUs (live or from the autoscaler): one actor per GPU (an autoscaling pool from one actor up
   to every GPU the autoscaler may add), 1 CPU each, 2 batches in at once, batch 32;
-* CPUs only: one single-threaded actor per CPU (at most one per :data:`ACTOR_MEMORY` of the
-  node's memory), batch 8, one batch at a time. Each actor reserves
-  :data:`CPU_ACTOR_RESERVATION` of a CPU and each read/encode task :data:`TASK_CPUS`: the model
-  threads and the light read/encode work share the cores, as the bench measured fastest
-  (on 2 cores, 2 single-threaded actors + read/encode beat one 2-thread actor by ~1.3×).
+* CPUs only: one actor per :data:`THREADS_PER_ACTOR` CPUs of a node (at least one; at most one
+  per :data:`ACTOR_MEMORY` of its memory), each running the model on that many torch threads,
+  batch 8, one batch at a time. Each actor reserves its threads less half a CPU and each
+  read/encode task :data:`TASK_CPUS`: the model threads and the light read/encode work share
+  the cores. On this project's 2-core machine (AMD EPYC) one actor with 2 threads labeled 256
+  images in 27 s against 33–37 s for two single-threaded actors (oneDNN's convolutions ran
+  2.5× faster on 2 threads than on 1: ``bench/README.md``).
 
 Every explicit flag wins. :func:`fit_layout` then checks the layout against the cluster before
 any work: model actors plus one read and one encode task must fit. CPU reservations that do not
@@ -30,7 +32,7 @@ from segbatch.errors import JobError
 GPU_BATCH = 32
 CPU_BATCH = 8
 GPU_CALLS = 2  # a GPU actor takes in the next batch while one runs
-CPU_ACTOR_RESERVATION = 0.5  # of a CPU, per single-threaded CPU actor (see the module docstring)
+THREADS_PER_ACTOR = 4  # torch threads of a CPU actor at most; bigger nodes get more actors
 TASK_CPUS = 0.25  # per read or encode task
 MIN_ACTOR_CPUS = 0.05  # below this a reservation no longer means anything: too many actors
 ACTOR_MEMORY = 1 << 30  # node memory per CPU actor (model, activations, Ray's buffers)
@@ -143,13 +145,18 @@ def size_layout(request: LayoutRequest, cluster: ClusterShape) -> Layout:
         batch = request.batch_size or GPU_BATCH
         task_cpus = request.task_cpus if request.task_cpus is not None else TASK_CPUS
     else:
-        per_node = [n.count * max(1, min(math.floor(n.cpus), _memory_slots(n))) for n in cluster.nodes if n.cpus >= 1]
-        actors = request.actors if request.actors is not None else max(1, sum(per_node))
+        cpu_nodes = [n for n in cluster.nodes if n.cpus >= 1] or [NodeShape(1, 0, 0)]
+        # Threads per actor from the node most actors will run on; actors from every node.
+        node = max(cpu_nodes, key=lambda n: n.cpus * n.count)
+        per_node = _cpu_actors(node)
+        sized = max(1, sum(n.count * _cpu_actors(n) for n in cpu_nodes))
+        actors = request.actors if request.actors is not None else sized
         max_actors = actors
         if request.cpus_per_actor is not None:
             cpus, threads = request.cpus_per_actor, request.torch_threads or max(1, int(request.cpus_per_actor))
         else:
-            cpus, threads = CPU_ACTOR_RESERVATION, request.torch_threads or 1
+            threads = request.torch_threads or max(1, math.floor(node.cpus / per_node))
+            cpus = max(0.5, min(threads, node.cpus / per_node) - 0.5)
         calls = request.calls_per_actor or 1
         batch = request.batch_size or CPU_BATCH
         task_cpus = request.task_cpus if request.task_cpus is not None else TASK_CPUS
@@ -167,6 +174,11 @@ def size_layout(request: LayoutRequest, cluster: ClusterShape) -> Layout:
 
 
 _FIELDS = ("actors", "gpus_per_actor", "cpus_per_actor", "torch_threads", "calls_per_actor", "batch_size", "task_cpus")
+
+
+def _cpu_actors(node: NodeShape) -> int:
+    """CPU model actors on ``node``: one per :data:`THREADS_PER_ACTOR` CPUs, within its memory."""
+    return max(1, min(math.ceil(node.cpus / THREADS_PER_ACTOR), _memory_slots(node)))
 
 
 def _memory_slots(node: NodeShape) -> int:

@@ -16,7 +16,7 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,9 +27,11 @@ from segbatch.config import JobConfig, redact_url
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.io.listing import Plan, build_plan, list_images, open_labels, with_manifest_schema
-from segbatch.models.bundle import ModelBundle, ModelOptions
-from segbatch.models.resolve import ResolvedModel, load_bundle, resolve_model
 from segbatch.outputs.folder import JOB, MANIFEST, OutDir, check_output, job_identity
+
+if TYPE_CHECKING:  # torch comes with the models: imported in prepare(), in its own thread
+    from segbatch.models.bundle import ModelBundle, ModelOptions
+    from segbatch.models.resolve import ResolvedModel
 
 log = logging.getLogger("segbatch")
 
@@ -80,6 +82,8 @@ class Prepared:
 
 
 def model_options(config: JobConfig) -> ModelOptions:
+    from segbatch.models.bundle import ModelOptions
+
     return ModelOptions(
         score_threshold=config.score_threshold, mask_threshold=config.mask_threshold, min_size=config.min_size
     )
@@ -114,6 +118,8 @@ def applicable_options(config: JobConfig, task: str) -> tuple[dict[str, Any], li
 
 def prepare(config: JobConfig) -> Prepared:
     """Everything that can fail before work starts: model, weights, input, labels, output."""
+    from segbatch.models.resolve import load_bundle, resolve_model
+
     so = config.storage_options
     out = OutDir.open(config.output, so)
     check_output_place(config)

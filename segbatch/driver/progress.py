@@ -1,8 +1,8 @@
 """Progress a person can read, and a watchdog for a run that cannot move.
 
-Write tasks report every committed part to :class:`CommitCounter` (a zero-CPU Ray actor, called
-fire-and-forget), so the driver knows how many images are done without listing storage. While
-the Ray Data pipeline runs in a thread, :class:`Monitor` shows ``images committed of the total,
+The write tasks return one small row per committed image, which the thread that drives the
+Ray Data pipeline adds to a :class:`CommitCounter`: the driver knows how many images are done
+without listing storage. While that thread runs, :class:`Monitor` shows ``images committed of the total,
 errors so far, img/s, ETA`` — a bar redrawn in place on an interactive terminal, a log line every
 :data:`LOG_EVERY_S` seconds otherwise (Ray jobs, CI) — and stops the run when nothing has been
 committed for ``stall_timeout`` seconds while a resource the layout needs is missing from the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,21 +29,25 @@ BAR_WIDTH = 28
 
 
 class CommitCounter:
-    """Counts committed images and errors; one instance per run, as a Ray actor with 0 CPUs."""
+    """Images committed and errors so far, updated by the thread that consumes the pipeline's
+    output and read by the monitor (thread-safe)."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.images = 0
         self.errors = 0
-        self.first: float | None = None
+        self.first: float | None = None  # wall clock of the first commit
 
     def add(self, images: int, errors: int) -> None:
-        self.images += images
-        self.errors += errors
-        if self.first is None:
-            self.first = time.time()
+        with self._lock:
+            self.images += images
+            self.errors += errors
+            if self.first is None and images:
+                self.first = time.time()
 
     def read(self) -> tuple[int, int, float | None]:
-        return self.images, self.errors, self.first
+        with self._lock:
+            return self.images, self.errors, self.first
 
 
 @dataclass
@@ -127,6 +132,8 @@ class Monitor:
         done, errors, first = self.read()
         if first is not None and self.first_commit is None:
             self.first_commit = first
+            # The rate counts from the first commit: start-up would make the ETA absurd.
+            self._history = [(now, 0)]
         if done != self._last_done:
             self._last_change, self._last_done = now, done
         self._history.append((now, done))

@@ -17,12 +17,14 @@ def layout(request: LayoutRequest, cluster: ClusterShape):
     return fit_layout(size_layout(request, cluster), cluster)
 
 
-def test_no_flags_on_cpus_one_single_threaded_actor_per_cpu_with_room_for_read_and_encode():
+def test_no_flags_on_cpus_one_actor_per_four_cpus_with_room_for_read_and_encode():
     got = layout(LayoutRequest(), LAPTOP)
-    assert (got.actors, got.gpus_per_actor, got.cpus_per_actor, got.torch_threads) == (2, 0.0, 0.5, 1)
+    assert (got.actors, got.gpus_per_actor, got.cpus_per_actor, got.torch_threads) == (1, 0.0, 1.5, 2)
     assert (got.batch_size, got.calls_per_actor, got.task_cpus) == (8, 1, 0.25)
-    assert 2 * got.cpus_per_actor + 2 * got.task_cpus <= 2  # schedulable: nothing waits forever
+    assert got.actors * got.cpus_per_actor + 2 * got.task_cpus <= 2  # schedulable: nothing waits forever
     assert not got.warnings and set(got.chosen.values()) == {"sized"}
+    big = layout(LayoutRequest(), ClusterShape((NodeShape(16, 0, 64 * GIB), NodeShape(16, 0, 64 * GIB))))
+    assert (big.actors, big.torch_threads, big.cpus_per_actor) == (8, 4, 3.5)
 
 
 def test_no_flags_on_gpus_one_actor_per_gpu_and_an_autoscaling_pool_up_to_every_gpu():
@@ -33,8 +35,9 @@ def test_no_flags_on_gpus_one_actor_per_gpu_and_an_autoscaling_pool_up_to_every_
 
 
 def test_memory_caps_cpu_actors_per_node():
-    small = ClusterShape((NodeShape(8, 0, 3 * GIB),))
-    assert layout(LayoutRequest(), small).actors == 3
+    small = ClusterShape((NodeShape(16, 0, 3 * GIB),))
+    got = layout(LayoutRequest(), small)
+    assert (got.actors, got.torch_threads) == (3, 5)
 
 
 def test_every_flag_wins():
@@ -77,4 +80,4 @@ def test_gpu_requests_the_cluster_cannot_meet_exit_2_naming_the_numbers():
 
 def test_the_cluster_is_described_for_the_first_log_line():
     assert AUTOSCALING.describe() == ("1×(0 CPU, 0 GPU, 32 GiB); autoscaler may add up to 8×(8 CPU, 1 GPU, 32 GiB)")
-    assert "2 model actor(s) × (0.5 CPU, 1 torch thread(s)" in layout(LayoutRequest(), LAPTOP).describe()
+    assert "1 model actor(s) × (1.5 CPU, 2 torch thread(s)" in layout(LayoutRequest(), LAPTOP).describe()
