@@ -60,6 +60,16 @@ IMAGE_FIELDS = [
     pa.field("t_encode", pa.float64()),  # seconds: RLE + label + scoring
     pa.field("worker", pa.string()),  # where the model ran: "node=… pid=… device=cpu|cuda gpus=0"
     pa.field("conversion", pa.string()),  # how the file became 8-bit RGB ("CMYK → RGB", "I;16 range 3..235 → 0..255")
+    # How sure the model was (null for error rows). Semantic: from the softmax of the coarse
+    # logits, mean top-class probability over the image and the share of pixels whose top two
+    # classes are within 0.1; instance: the mean instance score and the instances within 0.1
+    # above the score threshold.
+    pa.field("confidence", pa.float32()),
+    pa.field("uncertain_share", pa.float32()),
+    pa.field("near_threshold", pa.int32()),
+    # Semantic: the top-class probability at the model's coarse resolution, as a grayscale
+    # 8-bit PNG (0..255 ↔ 0..1), for the report's confidence panels; null otherwise.
+    pa.field("confidence_map", pa.binary()),
 ]
 
 IMAGES_SCHEMA = pa.schema(IMAGE_FIELDS)
