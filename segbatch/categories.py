@@ -264,3 +264,46 @@ def build_eval_space(
     return EvalSpace(
         tuple(names), bg_eval, model_lut, lut, offset, tuple(pairs), model_only, tuple(label_only), counted
     )
+
+
+OTHER_LABEL = "(a class only the labels know)"
+
+
+@dataclass(frozen=True)
+class QualitySpace:
+    """The classes of the label-quality evidence (segbatch.quality): the evaluation classes the
+    model can predict, in evaluation order, plus one for every label class the model has no class
+    for (its probability is 0: the model cannot vouch for such a label). Compact where the
+    evaluation space is not: a PNG label space names all 255 ids.
+
+    ``eval_to_q`` ``(num_eval,) int32`` maps evaluation ids to quality ids; ``model_to_q``
+    ``(num_model,) int32`` model class ids.
+    """
+
+    names: tuple[str, ...]
+    eval_to_q: np.ndarray
+    model_to_q: np.ndarray
+
+    @classmethod
+    def of(cls, es: EvalSpace) -> QualitySpace:
+        predicted = sorted({int(e) for e in es.model_lut})
+        index = {e: q for q, e in enumerate(predicted)}
+        other = len(predicted)
+        eval_to_q = np.array([index.get(e, other) for e in range(es.num_classes)], dtype=np.int32)
+        names = (*tuple(es.names[e] for e in predicted), OTHER_LABEL)
+        return cls(names, eval_to_q, eval_to_q[es.model_lut])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def probs(self, model_probs: np.ndarray) -> np.ndarray:
+        """``(num_model, h, w)`` model class probabilities → ``(K, h, w)`` float32 (summed where
+        several model classes share an evaluation class, 0 for the label-only class)."""
+        out = np.zeros((self.num_classes, *model_probs.shape[1:]), dtype=np.float32)
+        np.add.at(out, self.model_to_q, model_probs.astype(np.float32, copy=False))
+        return out
+
+    def labels(self, eval_labels: np.ndarray) -> np.ndarray:
+        """``(h, w)`` evaluation ids (IGNORE kept) → quality ids ``int32``."""
+        return np.where(eval_labels == IGNORE, IGNORE, self.eval_to_q[np.maximum(eval_labels, 0)]).astype(np.int32)

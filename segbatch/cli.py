@@ -70,6 +70,12 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--torch-threads", "torch_threads", int, "torch threads per actor (default: --cpus-per-actor, else 1)"),
     ("--task-cpus", "task_cpus", float, "CPUs reserved per read / encode task (default 0.25)"),
     (
+        "--quality-stride",
+        "quality_stride",
+        int,
+        "label quality: class probabilities at every Nth pixel of each axis (default 4; 1: all; 0: off)",
+    ),
+    (
         "--stall-timeout",
         "stall_timeout",
         float,

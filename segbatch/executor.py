@@ -182,8 +182,14 @@ class Executor:
         self.handles = self.handles[:keep]
 
     def stop(self) -> None:
+        """End the model actors: those with a model exit gracefully (ray.kill's SIGTERM makes a
+        worker print its stack, which reaches the driver's console); the others are killed."""
+        loaded = {id(a.handle) for a in self.actors if a.ready}
         for h in self.handles:
-            ray.kill(h)
+            if id(h) in loaded:
+                h.__ray_terminate__.remote()
+            else:
+                ray.kill(h)
         self.handles, self.actors = [], []
 
     def run(

@@ -299,6 +299,8 @@ def _launch(config: JobConfig) -> _Launched:
         "fold_batchnorm": config.fold_batchnorm,
         "num_threads": layout.torch_threads,
         "announce": config.verbose,
+        # Label quality needs the class probabilities; only runs with labels pay for them.
+        "quality_stride": config.quality_stride if config.labels is not None and config.quality_stride else None,
     }
     return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings))
 
@@ -376,6 +378,8 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         label_kind=prep.label_kind,
         missing_labels=config.missing_labels,
         storage_options=so,
+        score_threshold=config.score_threshold,
+        quality_stride=executor.settings.get("quality_stride") if loaded.task == "semantic" else None,
     )
     parts_url = prep.out.url_of(PARTS)
     # Small runs commit often (the first part, and progress, come after one batch); large ones

@@ -103,6 +103,7 @@ def applicable_options(config: JobConfig, task: str) -> tuple[dict[str, Any], li
         "fold_batchnorm": config.fold_batchnorm,
         "missing_labels": config.missing_labels,
         "high_bit_depth": config.high_bit_depth,
+        "quality_stride": config.quality_stride if config.labels is not None else None,
         "extensions": list(config.extensions),
     }
     warnings = []

@@ -47,17 +47,24 @@ def write_part(table: pa.Table, parts_url: str, storage_options: Mapping[str, An
     return name
 
 
-def iter_part(out: OutDir, path: str) -> Iterator[dict[str, Any]]:
-    """Rows of one part file, in its (image_id) order."""
+def iter_part(out: OutDir, path: str, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of one part file, in its (image_id) order; only ``columns`` (with image_id) if given.
+    Columns a part written by an earlier version lacks read as None."""
     with out.fs.open(path, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=_READ_BATCH):
-            yield from batch.to_pylist()
+        pf = pq.ParquetFile(f)
+        have = set(pf.schema_arrow.names)
+        want = None if columns is None else ["image_id", *(c for c in columns if c in have and c != "image_id")]
+        missing = [] if columns is None else [c for c in columns if c not in have]
+        for batch in pf.iter_batches(batch_size=_READ_BATCH, columns=want):
+            for row in batch.to_pylist():
+                row.update(dict.fromkeys(missing))
+                yield row
 
 
-def merge_parts(out: OutDir, paths: Sequence[str]) -> Iterator[dict[str, Any]]:
+def merge_parts(out: OutDir, paths: Sequence[str], columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
     """Rows of ``paths``, ascending ``image_id``, one per image (the first copy of a duplicate)."""
     last = None
-    for row in heapq.merge(*(iter_part(out, p) for p in paths), key=lambda r: r["image_id"]):
+    for row in heapq.merge(*(iter_part(out, p, columns) for p in paths), key=lambda r: r["image_id"]):
         if row["image_id"] == last:
             continue
         last = row["image_id"]

@@ -34,6 +34,14 @@ CLASS_STATS_TYPE = pa.struct(
     ]
 )
 
+SWAP_TYPE = pa.struct(
+    [
+        pa.field("given", pa.string()),  # the label's class
+        pa.field("predicted", pa.string()),  # the class the model believes instead
+        pa.field("pixels", pa.int64()),
+    ]
+)
+
 CONFUSION_TYPE = pa.struct(
     [
         pa.field("gt", pa.int32()),  # evaluation class ids (job.json "eval_classes")
@@ -70,10 +78,27 @@ IMAGE_FIELDS = [
     # Semantic: the top-class probability at the model's coarse resolution, as a grayscale
     # 8-bit PNG (0..255 ↔ 0..1), for the report's confidence panels; null otherwise.
     pa.field("confidence_map", pa.binary()),
+    # Runs with labels, semantic models: how likely the label is wrong (segbatch.quality, cleanlab's
+    # method): the softmin of the labeled pixels' self-confidences (0 worst .. 1 best), the pixels
+    # flagged as likely label issues (counted on the grid of every quality_stride-th pixel) and
+    # their share, the flagged pixels per (given, predicted) class pair, and the flagged mask
+    # (each flag fills its stride × stride block). Filled by finalize, which needs the whole run.
+    pa.field("label_quality", pa.float64()),
+    pa.field("label_issue_pixels", pa.int64()),
+    pa.field("label_issue_share", pa.float64()),
+    pa.field("label_issue_swaps", pa.list_(SWAP_TYPE)),
+    pa.field("label_issue_mask", SEGMENTATION_TYPE),
 ]
 
 IMAGES_SCHEMA = pa.schema(IMAGE_FIELDS)
-PART_SCHEMA = pa.schema([*IMAGE_FIELDS, pa.field("masks", pa.list_(pa.struct(MASK_FIELDS)))])
+PART_SCHEMA = pa.schema(
+    [
+        *IMAGE_FIELDS,
+        pa.field("masks", pa.list_(pa.struct(MASK_FIELDS))),
+        # segbatch.quality.ImageEvidence bytes, read back by finalize's label-quality passes.
+        pa.field("quality_evidence", pa.binary()),
+    ]
+)
 MASKS_SCHEMA = pa.schema(
     [
         pa.field("id", pa.int64(), nullable=False),  # COCO annotation id

@@ -175,6 +175,47 @@ def upsampled_argmax(
     return out
 
 
+def resampled_grid(
+    logits: torch.Tensor, size: tuple[int, int], via: tuple[int, int] | None = None, stride: int = 1
+) -> torch.Tensor:
+    """The logits resampled to ``size`` (through ``via``), as the class map resamples them, at every
+    ``stride``-th pixel of each axis: ``(C, ceil(H / stride), ceil(W / stride))`` float32, the values
+    of output pixels ``(y, x)`` with ``y, x`` multiples of ``stride``.
+
+    Bilinear resampling is separable and a chain of two is still a weighted sum of at most 4
+    source rows (then columns), so each axis is one set of 4 gathers with the composed weights:
+    ~1 ms at stride 4 for 21 classes at 480×640, where the full resampling takes ~25 ms. Equal to
+    the reference within float32 rounding (the order of the sums differs): for the label-quality
+    evidence (segbatch.quality), not for the class map.
+    """
+    z = logits.float()
+    dev = z.device
+    rows, row_w = _composed_taps(z.shape[1], size[0], None if via is None else via[0], stride, dev)
+    cols, col_w = _composed_taps(z.shape[2], size[1], None if via is None else via[1], stride, dev)
+    tall = sum(z.index_select(1, r) * wt[None, :, None] for r, wt in zip(rows, row_w, strict=True))
+    assert isinstance(tall, torch.Tensor)
+    grid = sum(tall.index_select(2, c) * wt[None, None, :] for c, wt in zip(cols, col_w, strict=True))
+    assert isinstance(grid, torch.Tensor)
+    return grid
+
+
+def _composed_taps(
+    n_in: int, n_out: int, n_via: int | None, stride: int, device: torch.device
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Source indices and weights (each ``(ceil(n_out / stride),)``) of output indices
+    ``0, stride, 2·stride, …``: 2 taps for one resampling, 4 through ``n_via``."""
+    out = torch.arange(0, n_out, stride, device=device)
+    if n_via is None:
+        i0, i1, w1 = (t.index_select(0, out) for t in _source_index(n_in, n_out, device))
+        return [i0, i1], [1 - w1, w1]
+    m0, m1, v1 = (t.index_select(0, out) for t in _source_index(n_via, n_out, device))
+    j0, j1, u1 = _source_index(n_in, n_via, device)
+    return (
+        [j0[m0], j1[m0], j0[m1], j1[m1]],
+        [(1 - v1) * (1 - u1[m0]), (1 - v1) * u1[m0], v1 * (1 - u1[m1]), v1 * u1[m1]],
+    )
+
+
 def upsampled_argmax_batch(
     logits: torch.Tensor,
     size: tuple[int, int],

@@ -8,6 +8,8 @@ becomes the row's error while its prediction is kept.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import time
 from collections.abc import Mapping
@@ -16,14 +18,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
-from segbatch.categories import PLACEHOLDER, EvalSpace
+from segbatch.categories import PLACEHOLDER, EvalSpace, QualitySpace
 from segbatch.errors import ImageError
 from segbatch.io import fs as fsio
 from segbatch.io.labels import check_size, coco_label_map, read_mask_png
 from segbatch.masks import EncodedMask, instances_to_label_map, instances_to_masks, label_map_to_masks
 from segbatch.metrics import confusion, image_dice, prediction_counts
 from segbatch.outputs.schema import PART_SCHEMA
+from segbatch.quality import ImageEvidence, image_evidence_from_maps
+
+NEAR_THRESHOLD = 0.1  # instance scores this far above the detection threshold count as near it
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,12 @@ class EncodeSpec:
     label_kind: str | None  # "png" | "coco" | None
     missing_labels: str  # "error" | "ignore"
     storage_options: Mapping[str, Any]
+    score_threshold: float = 0.5  # instance models: the detection threshold (for near_threshold)
+    quality_stride: int | None = None  # labeled semantic runs: the grid of the label-quality evidence
+
+    @property
+    def quality_space(self) -> QualitySpace:
+        return QualitySpace.of(self.eval_space)
 
 
 def encode_batch(batch: Mapping[str, np.ndarray], spec: EncodeSpec) -> pa.Table:
@@ -72,9 +84,11 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
         out["t_encode"] = time.perf_counter() - t0
         return out
     h, w = out["height"], out["width"]
+    class_scores: np.ndarray | None = None
     if spec.task == "semantic":
         model_map = np.asarray(row["label_map"])
         masks = label_map_to_masks(model_map, skip=() if spec.background is None else (spec.background,))
+        class_scores = _confidence(row, out)
     else:
         inst = np.asarray(row["inst_masks"]).reshape(-1, h, w)
         labels, scores = np.asarray(row["inst_labels"]), np.asarray(row["inst_scores"])
@@ -84,7 +98,9 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
         inst, labels, scores = inst[real], labels[real], scores[real]
         masks = instances_to_masks(inst, labels, scores)
         model_map = instances_to_label_map(inst, labels, scores, background=spec.background or 0)
-    out["masks"] = [_mask_dict(m, spec.categories) for m in masks]
+        out["confidence"] = float(scores.mean()) if len(scores) else None
+        out["near_threshold"] = int((scores < spec.score_threshold + NEAR_THRESHOLD).sum())
+    out["masks"] = [_mask_dict(m, spec.categories, class_scores) for m in masks]
     out["num_masks"] = len(masks)
     es = spec.eval_space
     pred = es.predictions(model_map)
@@ -112,6 +128,11 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
         out["confusion"] = [
             {"gt": int(a), "pred": int(b), "pixels": int(conf[a, b])} for a, b in zip(gi, pi, strict=True)
         ]
+        probs = row.get("quality_probs")
+        if spec.quality_stride and probs is not None and np.asarray(probs).size:
+            evidence = label_evidence(np.asarray(probs), gt, spec, h, w)
+            out["label_quality"] = None if np.isnan(evidence.score) else float(evidence.score)
+            out["quality_evidence"] = evidence.to_bytes()
     out["t_encode"] = time.perf_counter() - t0
     return out
 
@@ -167,8 +188,41 @@ def _missing(spec: EncodeSpec, message: str) -> None:
         raise ImageError("label", f"missing label: {message}")
 
 
-def _mask_dict(m: EncodedMask, categories: tuple[str, ...]) -> dict[str, Any]:
+def _confidence(row: Mapping[str, Any], out: dict[str, Any]) -> np.ndarray | None:
+    """Copy the predict stage's confidence figures into the row; returns the per-class mask scores."""
+    conf, share = row.get("confidence"), row.get("uncertain_share")
+    out["confidence"] = None if conf is None or np.isnan(conf) else float(conf)
+    out["uncertain_share"] = None if share is None or np.isnan(share) else float(share)
+    top = row.get("top_prob")
+    if top is not None and np.asarray(top).size:
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(top, dtype=np.uint8), mode="L").save(buf, format="PNG", optimize=False)
+        out["confidence_map"] = buf.getvalue()
+    scores = row.get("class_scores")
+    if scores is None or not np.asarray(scores).size:
+        return None
+    return np.asarray(scores)
+
+
+def label_evidence(probs: np.ndarray, gt: np.ndarray, spec: EncodeSpec, height: int, width: int) -> ImageEvidence:
+    """The label-quality evidence of one image: class probabilities ``(C_model, h, w)`` float16 at
+    every ``spec.quality_stride``-th pixel, and the label ``(H, W)`` in evaluation ids."""
+    qs = spec.quality_space
+    stride = spec.quality_stride or 1
+    p = qs.probs(probs)
+    lab = qs.labels(gt[::stride, ::stride])
+    top_class = p.argmax(axis=0)
+    top_prob = np.take_along_axis(p, top_class[None], axis=0)[0]
+    self_conf = np.take_along_axis(p, np.maximum(lab, 0)[None].astype(np.intp), axis=0)[0]
+    return image_evidence_from_maps(self_conf, top_prob, top_class, lab, num_classes=qs.num_classes, stride=stride,
+                                    image_size=(height, width))  # fmt: skip
+
+
+def _mask_dict(m: EncodedMask, categories: tuple[str, ...], class_scores: np.ndarray | None = None) -> dict[str, Any]:
     name = categories[m.category_id] if 0 <= m.category_id < len(categories) else f"class_{m.category_id}"
+    if class_scores is not None and m.score is None and 0 <= m.category_id < len(class_scores):
+        # A semantic mask's score: the mean top-class probability over its pixels.
+        m = dataclasses.replace(m, score=float(class_scores[m.category_id]))
     return {
         "category_id": m.category_id,
         "category": name,

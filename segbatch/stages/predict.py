@@ -22,21 +22,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from segbatch.models.bundle import ModelBundle, ModelOptions
 from segbatch.models.registry import get_model_spec
 from segbatch.models.resolve import ResolvedModel, load_bundle
 from segbatch.models.weights import ResolvedWeights, load_model
-from segbatch.stages.classmap import upsampled_argmax_batch
+from segbatch.stages.classmap import resampled_grid, upsampled_argmax_batch
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+UNCERTAIN_MARGIN = 0.1  # top-two probability margin under which a pixel counts as uncertain
 
 
 def pick_device(gpu_ids: list[Any] | None = None) -> torch.device:
@@ -82,6 +84,7 @@ class Predictor:
         num_threads: int | None = None,
         worker: str | None = None,
         model: ResolvedModel | Callable[[], ResolvedModel] | None = None,
+        quality_stride: int | None = None,
     ) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -114,6 +117,9 @@ class Predictor:
         self.preprocess = self.bundle.preprocess
         # Where this predictor runs, recorded on every row (images.parquet ``worker``).
         self.worker = worker or f"pid={os.getpid()} device={self.device}"
+        # Runs with labels: class probabilities at every quality_stride-th pixel of the class
+        # map's grid, for the label-quality evidence (segbatch.quality) the encode stage makes.
+        self.quality_stride = quality_stride
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["status"])
@@ -153,15 +159,22 @@ class Predictor:
         out_batch = {k: v for k, v in batch.items() if k != "image"}
         out_batch.update(status=status, error=error, t_predict=t_predict, worker=np.full(n, self.worker, dtype=object))
         if semantic:
-            out_batch["label_map"] = _object_array(
-                [r if r is not None else np.zeros((0, 0), np.uint8) for r in results]
-            )
+            none = SemanticResult(np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8), np.nan, np.nan,
+                                  np.zeros(0, np.float32), None)  # fmt: skip
+            res = [r if r is not None else none for r in results]
+            out_batch["label_map"] = _object_array([r.label_map for r in res])
+            out_batch["top_prob"] = _object_array([r.top_prob for r in res])
+            out_batch["confidence"] = np.array([r.confidence for r in res], dtype=np.float32)
+            out_batch["uncertain_share"] = np.array([r.uncertain_share for r in res], dtype=np.float32)
+            out_batch["class_scores"] = _object_array([r.class_scores for r in res])
+            if self.quality_stride:
+                out_batch["quality_probs"] = _object_array([r.probs for r in res])
         else:
             empty = (np.zeros((0, 0, 0), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float32))
-            res = [r if r is not None else empty for r in results]
-            out_batch["inst_masks"] = _object_array([r[0] for r in res])
-            out_batch["inst_labels"] = _object_array([r[1] for r in res])
-            out_batch["inst_scores"] = _object_array([r[2] for r in res])
+            inst = [r if r is not None else empty for r in results]
+            out_batch["inst_masks"] = _object_array([r[0] for r in inst])
+            out_batch["inst_labels"] = _object_array([r[1] for r in inst])
+            out_batch["inst_scores"] = _object_array([r[2] for r in inst])
         return out_batch
 
     def _try_one(self, batch: dict[str, np.ndarray], i: int) -> Any:
@@ -177,7 +190,7 @@ class Predictor:
                 return self._semantic(batch, idx)
             return self._instance(batch, idx)
 
-    def _semantic(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[np.ndarray]:
+    def _semantic(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[SemanticResult]:
         x = self._to_device([batch["image"][i] for i in idx])
         x = self.preprocess.normalize(x)
         if self.channels_last:
@@ -198,13 +211,50 @@ class Predictor:
         sizes: dict[tuple[int, int], list[int]] = {}
         for j, i in enumerate(idx):
             sizes.setdefault((int(batch["height"][i]), int(batch["width"][i])), []).append(j)
-        maps: list[np.ndarray] = [np.empty(0)] * len(idx)
+        out: list[SemanticResult] = [None] * len(idx)  # type: ignore[list-item]
         for size, js in sizes.items():
             sel = logits if len(js) == len(idx) else logits[js]
-            # One device-to-host copy per group.
-            for j, m in zip(js, upsampled_argmax_batch(sel, size, via=via).cpu().numpy(), strict=True):
-                maps[j] = m
-        return maps
+            maps = upsampled_argmax_batch(sel, size, via=via)
+            for j, result in zip(js, self._confidence(sel, maps, size, via), strict=True):
+                out[j] = result
+        return out
+
+    def _confidence(
+        self, logits: torch.Tensor, maps: torch.Tensor, size: tuple[int, int], via: tuple[int, int] | None
+    ) -> list[SemanticResult]:
+        """How sure the model was, from the logits it made (no second pass): the softmax of the
+        coarse logits ``(n, C, h, w)`` gives the top-class probability map and the top-two margin;
+        each class's mean top probability over its pixels of the class map ``(n, H, W)`` is its
+        mask's score (the map resampled bilinearly to the image). Device-side, one copy back."""
+        probs = torch.softmax(logits.float(), dim=1)
+        top2 = probs.topk(2, dim=1).values
+        top = top2[:, 0]
+        confidence = top.mean(dim=(1, 2))
+        uncertain = ((top - top2[:, 1]) < UNCERTAIN_MARGIN).float().mean(dim=(1, 2))
+        full = F.interpolate(top[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        c = logits.shape[1]
+        results = []
+        for k in range(len(maps)):
+            flat = maps[k].flatten().long()
+            sums = torch.bincount(flat, weights=full[k].flatten(), minlength=c)
+            counts = torch.bincount(flat, minlength=c).clamp(min=1)
+            grid = None
+            if self.quality_stride:
+                grid = torch.softmax(resampled_grid(logits[k], size, via, self.quality_stride), dim=0).half()
+            results.append((maps[k], (top[k] * 255).round().to(torch.uint8), confidence[k], uncertain[k],
+                            (sums / counts).float(), grid))  # fmt: skip
+        # One device-to-host copy of everything, then numpy.
+        return [
+            SemanticResult(
+                m.cpu().numpy(),
+                t.cpu().numpy(),
+                float(cf),
+                float(u),
+                cs.cpu().numpy(),
+                None if g is None else g.cpu().numpy(),
+            )
+            for m, t, cf, u, cs, g in results
+        ]
 
     def _to_device(self, images: list[np.ndarray]) -> torch.Tensor:
         """``N`` images ``(3, h, w) uint8`` of one shape → ``(N, 3, h, w) uint8`` on the device.
@@ -234,7 +284,18 @@ class Predictor:
         return self.bundle.instance(self.module, images, sizes, self.options)
 
 
-def _object_array(items: list[np.ndarray]) -> np.ndarray:
+class SemanticResult(NamedTuple):
+    """One image's semantic prediction, at the original size ``(H, W)``."""
+
+    label_map: np.ndarray  # (H, W) uint8 model class ids
+    top_prob: np.ndarray  # (h, w) uint8: the coarse top-class probability × 255
+    confidence: float  # mean top-class probability (coarse grid)
+    uncertain_share: float  # share of coarse pixels whose top two are within UNCERTAIN_MARGIN
+    class_scores: np.ndarray  # (C,) float32: mean top probability over each class's pixels
+    probs: np.ndarray | None  # (C, ⌈H/s⌉, ⌈W/s⌉) float16 class probabilities every s-th pixel, or None
+
+
+def _object_array(items: Sequence[Any]) -> np.ndarray:
     """A 1-D object array of ndarrays (np.array would try to stack equal shapes)."""
     arr = np.empty(len(items), dtype=object)
     for i, item in enumerate(items):
