@@ -229,14 +229,16 @@ class Predictor:
         probs = torch.softmax(logits.float(), dim=1)
         top2 = probs.topk(2, dim=1).values
         top = top2[:, 0]
-        confidence = top.mean(dim=(1, 2))
-        uncertain = ((top - top2[:, 1]) < UNCERTAIN_MARGIN).float().mean(dim=(1, 2))
+        # Sums in float64: a float32 reduction's order depends on the batch and the thread
+        # count, and the same image must give the same figures whatever the layout.
+        confidence = top.double().mean(dim=(1, 2))
+        uncertain = ((top - top2[:, 1]) < UNCERTAIN_MARGIN).double().mean(dim=(1, 2))
         full = F.interpolate(top[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         c = logits.shape[1]
         results = []
         for k in range(len(maps)):
             flat = maps[k].flatten().long()
-            sums = torch.bincount(flat, weights=full[k].flatten(), minlength=c)
+            sums = torch.bincount(flat, weights=full[k].flatten().double(), minlength=c)
             counts = torch.bincount(flat, minlength=c).clamp(min=1)
             grid = None
             if self.quality_stride:
