@@ -194,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--classes", type=_csv, default=None, help="comma-separated evaluation classes to audit")
     audit.add_argument("--max-dice", type=float, default=None, help="only images whose Dice is at most this")
-    audit.add_argument("--sample", type=int, default=None, help="audit a random sample of N labeled images")
+    audit.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="audit a random sample of N images (labeled ones if the run has labels)",
+    )
     audit.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     audit.add_argument("--storage-options", type=_storage_options, default={})
     metrics = sub.add_parser("metrics", help="recompute metrics.json from a finished run's Parquet and print it")

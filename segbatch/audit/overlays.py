@@ -84,7 +84,7 @@ def flagged_panels_png(
             ("image", rgb),
             ("label", _blend(rgb, label, colours, background)),
             ("prediction", _blend(rgb, pred, colours, background)),
-            (f"flagged pixels ({flagged.mean():.1%})", marked),
+            ("flagged pixels", marked),  # the card says their share of the labeled pixels
         ]
     )
 

@@ -651,9 +651,10 @@ images the model gets wrong.</p>
                 f'<div id="ranked">{self._cards(self.ranked, "no labeled image with a label quality to rank")}</div>'
             )
         else:
+            where = "by Dice below" if self.rank == DICE else "by confidence above"
             images = (
-                '<p class="sub">The images below are ranked by Dice; <code>--rank label-quality</code> ranks them '
-                "by label quality.</p>"
+                f'<p class="sub">This report ranks its images {where}; <code>--rank label-quality</code> ranks '
+                "them by label quality, with their flagged pixels.</p>"
             )
         return f"""<section id="label-errors"><h2>Likely label errors</h2>
 <p class="sub">Label quality: the soft minimum of each labeled pixel's self-confidence (the model's probability of
