@@ -169,7 +169,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         dest="report",
         action="store_false",
         default=argparse.SUPPRESS,
-        help="do not write report.html at the end of a run with labels",
+        help="do not write report.html at the end of the run",
     )
 
 
@@ -183,12 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="label the bundled sample images with the bundled U-Net")
     demo.add_argument("--output", default="demo-output")
     demo.add_argument("--ray-address", default=None)
-    audit = sub.add_parser("audit", help="write report.html for a finished run with labels (no model run)")
+    audit = sub.add_parser("audit", help="write report.html for a finished run (no model run)")
     audit.add_argument("run_dir")
-    audit.add_argument("--worst", type=int, default=12, help="images shown with overlays (default 12)")
+    audit.add_argument("--worst", type=int, default=12, help="images shown per ranking (default 12)")
+    audit.add_argument(
+        "--rank",
+        default=None,
+        help="order of the image panels: label-quality | dice | confidence (default: label-quality where the "
+        "run has it, else dice with labels, else confidence)",
+    )
     audit.add_argument("--classes", type=_csv, default=None, help="comma-separated evaluation classes to audit")
     audit.add_argument("--max-dice", type=float, default=None, help="only images whose Dice is at most this")
-    audit.add_argument("--sample", type=int, default=None, help="audit a random sample of N labeled images")
+    audit.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="audit a random sample of N images (labeled ones if the run has labels)",
+    )
     audit.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     audit.add_argument("--storage-options", type=_storage_options, default={})
     metrics = sub.add_parser("metrics", help="recompute metrics.json from a finished run's Parquet and print it")
@@ -326,6 +337,7 @@ def _offline(args: argparse.Namespace) -> int:
             max_dice=args.max_dice,
             sample=args.sample,
             seed=args.seed,
+            rank=args.rank,
         )
         print(f"audit report: {write_report(out, options)}")
         return 0

@@ -99,7 +99,7 @@ class JobConfig:
     min_mask_area: int = 0
     export_classes: tuple[str, ...] | None = None
     coco_category_ids: str | None = None
-    # Write report.html at the end of a run that had labels.
+    # Write report.html at the end of the run (every run; with labels it audits them too).
     report: bool = True
 
     def __post_init__(self) -> None:

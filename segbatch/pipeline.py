@@ -106,7 +106,7 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
         ),
     )
     report = False
-    if config.report and metrics["num_labeled"]:
+    if config.report:  # every run: class frequencies and confidence need no labels
         from segbatch.audit.report import AuditOptions, write_report
 
         log.info("audit report: %s", write_report(out, AuditOptions(), metrics=metrics))
