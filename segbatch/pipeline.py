@@ -34,7 +34,7 @@ from segbatch.driver.summary import RunSummary
 from segbatch.errors import JobError
 from segbatch.executor import ACTOR_TASK_RETRIES, READ_TASK_RETRIES, Executor, encode_commit
 from segbatch.io import fs as fsio
-from segbatch.outputs.coco import rewrite_coco_exports
+from segbatch.outputs.exports import describe, record_exports, stale_forms, write_exports
 from segbatch.outputs.finalize import FinalizeSpec, finalize
 from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS
 from segbatch.outputs.parts import write_part
@@ -111,6 +111,11 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
 
         log.info("audit report: %s", write_report(out, AuditOptions(), metrics=metrics))
         report = True
+    # The extra forms, from the tables finalize wrote, through the function `segbatch export` uses.
+    settings = config.export_settings(coco_info(config.model, first_started))
+    extra = [f for f in config.exports if f != "coco"]  # finalize wrote COCO
+    records = write_exports(out, extra, settings) if extra else {}
+    notes = (*notes, *(describe(f, r["counts"], out) for f, r in records.items()))
     t_end = time.perf_counter()
     timings = {
         "ray_up_s": None if ray_up_s is None else round(ray_up_s, 3),  # from the start of run()
@@ -120,22 +125,20 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
         "finalize_s": round(t_end - t_final, 3),
         "total_s": round(t_end - t_start, 3),
     }
-    out.write_json(
-        JOB,
-        {
-            **prep.job,
-            "applied": applied,
-            "layout": layout,
-            "coco_export": export.to_dict(),
-            "status": "complete",
-            "started": first_started,
-            "this_run_started": started,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "images_this_run": todo.num_rows,
-            "images_resumed": len(committed),
-            "timings": timings,
-        },
-    )
+    final = {
+        **prep.job,
+        "applied": applied,
+        "layout": layout,
+        "coco_export": export.to_dict(),
+        "status": "complete",
+        "started": first_started,
+        "this_run_started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images_this_run": todo.num_rows,
+        "images_resumed": len(committed),
+        "timings": timings,
+    }
+    out.write_json(JOB, record_exports(final, records, settings))
     fsio.write_bytes_atomic(out.fs, out.path(SUCCESS), b"")
     rate = todo.num_rows / (t_final - t_ray) if todo.num_rows and t_final > t_ray else None
     return _summary(config, prep, metrics, todo.num_rows, len(committed), t_end - t_start, rate, report, notes)
@@ -165,16 +168,22 @@ def _finished_already(
     files hold are applied now (as ``segbatch export`` does), and job.json records them."""
     out = prep.out
     job = out.read_json(JOB)
-    export = config.export_options()
+    settings = config.export_settings(coco_info(config.model, job.get("started", "")))
     extra = list(notes)
-    if job.get("coco_export") != export.to_dict():
-        counts = rewrite_coco_exports(out, export, coco_info(config.model, job.get("started", "")))
-        message = (
-            f"rewrote the COCO files with the new export options ({counts['annotations']} annotations, "
-            f"{export.segmentation}); no model run"
-        )
-        log.info("output %s already holds this job, complete: %s", config.output, message)
-        extra.append(message)
+    stale = stale_forms(job, ["coco", *(f for f in config.exports if f != "coco")], settings)
+    if stale:
+        records = write_exports(out, stale, settings)
+        out.write_json(JOB, record_exports(job, records, settings))
+        for form, record in records.items():
+            if form == "coco":
+                message = (
+                    f"rewrote the COCO files with the new export options ({record['counts']['annotations']} "
+                    f"annotations, {settings.coco.segmentation}); no model run"
+                )
+            else:
+                message = describe(form, record["counts"], out) + "; no model run"
+            log.info("output %s already holds this job, complete: %s", config.output, message)
+            extra.append(message)
     else:
         log.info("output %s already holds this job, complete: nothing to do", config.output)
     metrics = out.read_json(METRICS)
