@@ -4,7 +4,7 @@ Read from ``images.parquet`` alone, streaming; memory holds ``(image_id, key)`` 
 image with a size (two numbers each), never a row.
 
 Orders (``--order``):
-    ``image-id``         ascending image_id (the input's listing order; default).
+    ``image-id``         ascending image_id (sorted path, or the COCO id; default).
     ``least-confident``  ascending ``confidence`` (needs the column; images without one last).
     ``most-confident``   descending ``confidence``.
     ``label-quality``    ascending ``label_quality``, the most likely wrong labels first
