@@ -171,6 +171,10 @@ class JobConfig:
 
         object.__setattr__(self, "exports", parse_formats(self.exports, "exports"))
         self.export_settings()  # validates the export fields
+        if "label-studio" in self.exports:
+            from segbatch.outputs.label_studio import check_image_source
+
+            check_image_source(self.input, self.image_root)
         object.__setattr__(self, "storage_options", dict(self.storage_options))
 
     @classmethod

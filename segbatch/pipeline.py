@@ -111,11 +111,6 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
 
         log.info("audit report: %s", write_report(out, AuditOptions(), metrics=metrics))
         report = True
-    # The extra forms, from the tables finalize wrote, through the function `segbatch export` uses.
-    settings = config.export_settings(coco_info(config.model, first_started))
-    extra = [f for f in config.exports if f != "coco"]  # finalize wrote COCO
-    records = write_exports(out, extra, settings) if extra else {}
-    notes = (*notes, *(describe(f, r["counts"], out) for f, r in records.items()))
     t_end = time.perf_counter()
     timings = {
         "ray_up_s": None if ray_up_s is None else round(ray_up_s, 3),  # from the start of run()
@@ -138,10 +133,37 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
         "images_resumed": len(committed),
         "timings": timings,
     }
-    out.write_json(JOB, record_exports(final, records, settings))
+    out.write_json(JOB, final)
     fsio.write_bytes_atomic(out.fs, out.path(SUCCESS), b"")
+    notes = (*notes, *_write_extra_forms(config, prep, final, first_started))
     rate = todo.num_rows / (t_final - t_ray) if todo.num_rows and t_final > t_ray else None
     return _summary(config, prep, metrics, todo.num_rows, len(committed), t_end - t_start, rate, report, notes)
+
+
+def _write_extra_forms(config: JobConfig, prep: Prepared, job: dict[str, Any], first_started: str) -> tuple[str, ...]:
+    """The ``--export`` forms (COCO aside: finalize wrote it), from the tables finalize wrote,
+    through the function ``segbatch export`` uses; returns a line per form for the summary.
+
+    They come after ``_SUCCESS``: the run is complete whatever becomes of them, and a form that
+    fails is written later by ``segbatch export`` (or a rerun) with no model run.
+    """
+    forms = [f for f in config.exports if f != "coco"]
+    if not forms:
+        return ()
+    out = prep.out
+    settings = config.export_settings(coco_info(config.model, first_started))
+    t0 = time.perf_counter()
+    try:
+        records = write_exports(out, forms, settings)
+    except JobError as err:
+        raise JobError(
+            f"the run in {config.output} is complete, but writing {', '.join(forms)} failed: {err}; once that is "
+            f"fixed, `segbatch export {config.output} --format {','.join(forms)}` writes them (no model run)"
+        ) from err
+    job = record_exports(job, records, settings)
+    job["timings"] = {**job["timings"], "exports_s": round(time.perf_counter() - t0, 3)}
+    out.write_json(JOB, job)
+    return tuple(describe(form, record["counts"], out) for form, record in records.items())
 
 
 def _input_notes(prep: Prepared) -> tuple[str, ...]:

@@ -138,3 +138,23 @@ def test_a_rerun_with_other_exports_writes_them_without_a_model_run(finished, da
     assert [t["data"]["image_id"] for t in tasks] == least
     assert (copy / "predictions.coco.json").read_bytes() == (finished / "predictions.coco.json").read_bytes()
     assert (copy / "cvat-masks.zip").read_bytes() == zipped  # not asked for this time: left as it was
+
+
+def test_a_form_that_fails_after_the_run_leaves_the_run_complete(sample_dir, tmp_path, ray_cluster, capsys):
+    """CVAT's item ids cannot tell ``x.jpg`` from ``x.png``: the run is still complete (``_SUCCESS``),
+    the message says how to write the forms later, and other forms can be written."""
+    images = tmp_path / "in"
+    images.mkdir()
+    first = sorted((sample_dir / "images").iterdir())[0]
+    shutil.copyfile(first, images / "x.jpg")
+    Image.open(first).save(images / "x.png")
+    out = tmp_path / "run"
+    args = ["run", "--input", str(images), "--output", str(out), "--model", "unet", "--export", "cvat-masks"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"the run in {out} is complete, but writing cvat-masks failed: images ['x.jpg', 'x.png'] share" in err
+    assert f"`segbatch export {out} --format cvat-masks` writes them" in err
+    assert (out / "_SUCCESS").exists() and (out / "predictions.coco.json").exists()
+    assert json.loads((out / "job.json").read_text())["status"] == "complete"
+    assert main(["export", str(out), "--format", "label-studio"]) == 0
+    assert len(json.loads((out / "label-studio" / "tasks.json").read_text())) == 2

@@ -186,6 +186,20 @@ def brush_rle(mask: np.ndarray) -> list[int]:
     return np.packbits(bits).tolist()
 
 
+def check_image_source(input_url: str, image_root: str | None) -> None:
+    """Raise :class:`JobError` before a run when Label Studio could not load its images: an input
+    whose URLs it cannot resolve (``hf://``, ``memory://``…) and no ``image_root``."""
+    if (
+        image_root is None
+        and "://" in input_url
+        and not input_url.startswith((*CLOUD_SCHEMES, *WEB_SCHEMES, "file://"))
+    ):
+        raise JobError(
+            f"Label Studio cannot load images of input {input_url!r}: pass an image root it can resolve "
+            f"(s3://…, gs://…, azure-blob://…, http(s)://… or {LOCAL_FILES}<folder>)"
+        )
+
+
 def image_url(uri: str, file_name: str, image_root: str | None) -> str:
     """The URL Label Studio loads an image from (see :class:`LabelStudioOptions` ``image_root``)."""
     if image_root is not None:

@@ -65,6 +65,15 @@ def test_bad_export_config_values_are_named(field, value, message):
     assert message in str(err.value)
 
 
+def test_a_label_studio_export_of_an_input_it_cannot_load_needs_an_image_root():
+    with pytest.raises(JobError, match=r"Label Studio cannot load images of input 'hf://org/set': pass an image root"):
+        JobConfig(**{**BASE, "input": "hf://org/set", "exports": ("label-studio",)})
+    JobConfig(**{**BASE, "input": "hf://org/set", "exports": ("cvat-masks",)})  # CVAT holds no image URLs
+    for ok in ("s3://b/in", "/data/in", "file:///data/in"):
+        JobConfig(**{**BASE, "input": ok, "exports": ("label-studio",)})
+    JobConfig(**{**BASE, "input": "hf://org/set", "exports": ("label-studio",), "image_root": "https://cdn.x/set"})
+
+
 def test_the_export_flags_reach_the_config_and_job_json(tmp_path):
     args = build_parser().parse_args(
         [
