@@ -374,7 +374,10 @@ def _offline(args: argparse.Namespace) -> int:
 
     job = out.read_json(JOB)
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "run_dir", "forms", "only")}
-    config = JobConfig.from_mapping({**job["config"], **flags})  # the run's own export options by default
+    values = {**job["config"], **flags}  # the run's own export options by default
+    if args.only is not None and "export_order" not in flags:
+        values["export_order"] = None  # a subset has its own default order (worst label first), not the run's
+    config = JobConfig.from_mapping(values)
     forms = parse_formats(args.forms, "--format")
     if not forms:
         raise JobError(f"--format names no export form; valid: {list(FORMATS)}")
