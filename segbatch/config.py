@@ -99,6 +99,13 @@ class JobConfig:
     min_mask_area: int = 0
     export_classes: tuple[str, ...] | None = None
     coco_category_ids: str | None = None
+    # Extra export forms written after finalize (segbatch.outputs.exports: "label-studio",
+    # "cvat-masks"; "coco" is always written), and the Label Studio tasks' order, count and image
+    # URL root. Like the COCO options they shape only derived files: not part of the job's identity.
+    exports: tuple[str, ...] = ()
+    export_order: str | None = None
+    export_limit: int | None = None
+    image_root: str | None = None
     # Write report.html at the end of the run (every run; with labels it audits them too).
     report: bool = True
 
@@ -160,7 +167,14 @@ class JobConfig:
         object.__setattr__(self, "extensions", exts)
         if self.export_classes is not None:
             object.__setattr__(self, "export_classes", tuple(str(c) for c in self.export_classes))
-        self.export_options()  # validates the export fields
+        from segbatch.outputs.exports import parse_formats
+
+        object.__setattr__(self, "exports", parse_formats(self.exports, "exports"))
+        self.export_settings()  # validates the export fields
+        if "label-studio" in self.exports:
+            from segbatch.outputs.label_studio import check_image_source
+
+            check_image_source(self.input, self.image_root)
         object.__setattr__(self, "storage_options", dict(self.storage_options))
 
     @classmethod
@@ -172,7 +186,8 @@ class JobConfig:
             name = str(key).replace("-", "_")
             if name not in names:
                 raise JobError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(names))}")
-            kwargs[name] = tuple(value) if name in ("extensions", "export_classes") and value is not None else value
+            listed = name in ("extensions", "export_classes") and value is not None
+            kwargs[name] = tuple(value) if listed else value
         missing = [n for n in ("input", "output", "model") if kwargs.get(n) is None]
         if missing:
             raise JobError(f"missing required config value(s): {', '.join(missing)}")
@@ -207,6 +222,23 @@ class JobConfig:
             classes=self.export_classes,
             category_ids_from=self.coco_category_ids,
             storage_options=self.storage_options,
+        )
+
+    def export_settings(self, coco_info: Mapping[str, Any] | None = None, only: str | None = None) -> Any:
+        """How the export forms are written (:class:`segbatch.outputs.exports.ExportSettings`)."""
+        from segbatch.outputs.exports import ExportSettings
+
+        if self.export_limit is not None:
+            _check_int("export_limit", self.export_limit, minimum=1)
+        if self.image_root is not None and (not isinstance(self.image_root, str) or not self.image_root):
+            raise JobError(f"image_root must be a non-empty URL, got {self.image_root!r}")
+        return ExportSettings(
+            coco=self.export_options(),
+            coco_info=dict(coco_info or {}),
+            order=self.export_order,
+            limit=self.export_limit,
+            image_root=self.image_root,
+            only=only,
         )
 
     def public_dict(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from segbatch.driver.summary import RunSummary
 from segbatch.errors import JobError
 from segbatch.executor import ACTOR_TASK_RETRIES, READ_TASK_RETRIES, Executor, encode_commit
 from segbatch.io import fs as fsio
-from segbatch.outputs.coco import rewrite_coco_exports
+from segbatch.outputs.exports import describe, record_exports, stale_forms, write_exports
 from segbatch.outputs.finalize import FinalizeSpec, finalize
 from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS
 from segbatch.outputs.parts import write_part
@@ -120,25 +120,50 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
         "finalize_s": round(t_end - t_final, 3),
         "total_s": round(t_end - t_start, 3),
     }
-    out.write_json(
-        JOB,
-        {
-            **prep.job,
-            "applied": applied,
-            "layout": layout,
-            "coco_export": export.to_dict(),
-            "status": "complete",
-            "started": first_started,
-            "this_run_started": started,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "images_this_run": todo.num_rows,
-            "images_resumed": len(committed),
-            "timings": timings,
-        },
-    )
+    final = {
+        **prep.job,
+        "applied": applied,
+        "layout": layout,
+        "coco_export": export.to_dict(),
+        "status": "complete",
+        "started": first_started,
+        "this_run_started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images_this_run": todo.num_rows,
+        "images_resumed": len(committed),
+        "timings": timings,
+    }
+    out.write_json(JOB, final)
     fsio.write_bytes_atomic(out.fs, out.path(SUCCESS), b"")
+    notes = (*notes, *_write_extra_forms(config, prep, final, first_started))
     rate = todo.num_rows / (t_final - t_ray) if todo.num_rows and t_final > t_ray else None
     return _summary(config, prep, metrics, todo.num_rows, len(committed), t_end - t_start, rate, report, notes)
+
+
+def _write_extra_forms(config: JobConfig, prep: Prepared, job: dict[str, Any], first_started: str) -> tuple[str, ...]:
+    """The ``--export`` forms (COCO aside: finalize wrote it), from the tables finalize wrote,
+    through the function ``segbatch export`` uses; returns a line per form for the summary.
+
+    They come after ``_SUCCESS``: the run is complete whatever becomes of them, and a form that
+    fails is written later by ``segbatch export`` (or a rerun) with no model run.
+    """
+    forms = [f for f in config.exports if f != "coco"]
+    if not forms:
+        return ()
+    out = prep.out
+    settings = config.export_settings(coco_info(config.model, first_started))
+    t0 = time.perf_counter()
+    try:
+        records = write_exports(out, forms, settings)
+    except JobError as err:
+        raise JobError(
+            f"the run in {config.output} is complete, but writing {', '.join(forms)} failed: {err}; once that is "
+            f"fixed, `segbatch export {config.output} --format {','.join(forms)}` writes them (no model run)"
+        ) from err
+    job = record_exports(job, records, settings)
+    job["timings"] = {**job["timings"], "exports_s": round(time.perf_counter() - t0, 3)}
+    out.write_json(JOB, job)
+    return tuple(describe(form, record["counts"], out) for form, record in records.items())
 
 
 def _input_notes(prep: Prepared) -> tuple[str, ...]:
@@ -165,16 +190,22 @@ def _finished_already(
     files hold are applied now (as ``segbatch export`` does), and job.json records them."""
     out = prep.out
     job = out.read_json(JOB)
-    export = config.export_options()
+    settings = config.export_settings(coco_info(config.model, job.get("started", "")))
     extra = list(notes)
-    if job.get("coco_export") != export.to_dict():
-        counts = rewrite_coco_exports(out, export, coco_info(config.model, job.get("started", "")))
-        message = (
-            f"rewrote the COCO files with the new export options ({counts['annotations']} annotations, "
-            f"{export.segmentation}); no model run"
-        )
-        log.info("output %s already holds this job, complete: %s", config.output, message)
-        extra.append(message)
+    stale = stale_forms(job, ["coco", *(f for f in config.exports if f != "coco")], settings)
+    if stale:
+        records = write_exports(out, stale, settings)
+        out.write_json(JOB, record_exports(job, records, settings))
+        for form, record in records.items():
+            if form == "coco":
+                message = (
+                    f"rewrote the COCO files with the new export options ({record['counts']['annotations']} "
+                    f"annotations, {settings.coco.segmentation}); no model run"
+                )
+            else:
+                message = describe(form, record["counts"], out) + "; no model run"
+            log.info("output %s already holds this job, complete: %s", config.output, message)
+            extra.append(message)
     else:
         log.info("output %s already holds this job, complete: nothing to do", config.output)
     metrics = out.read_json(METRICS)
