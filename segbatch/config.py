@@ -189,7 +189,7 @@ class JobConfig:
         if self.tile is None:
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             for name in ("tile_overlap", "tile_scale", "tile_blend", "tile_merge", "tile_merge_threshold"):
-                if getattr(self, name) != defaults[name]:
+                if str(getattr(self, name)) != str(defaults[name]):  # "0" from the CLI is the default 0
                     raise JobError(f"{name} {getattr(self, name)!r} was given without tile (e.g. --tile 1024)")
             return
         if isinstance(self.tile, bool) or not isinstance(self.tile, str | int):
