@@ -314,7 +314,8 @@ def _tiling(config: JobConfig, layout: Layout) -> Any:
 
     # Tiles per forward pass as images are batched: the batch on a GPU, one on a CPU (faster there).
     per_pass = layout.batch_size if layout.gpus_per_actor else 1
-    return TiledRead(spec, dict(config.storage_options), config.high_bit_depth, config.max_image_pixels, per_pass)
+    return TiledRead(spec, dict(config.storage_options), config.high_bit_depth, config.max_image_pixels, per_pass,
+                     config.tile_merge, config.tile_merge_threshold)  # fmt: skip
 
 
 def _nothing_to_do_likely(config: JobConfig) -> bool:

@@ -173,11 +173,6 @@ def prepare(config: JobConfig) -> Prepared:
             raise JobError(f"label map {config.label_map!r} does not exist") from None
         label_map = parse_label_map(data, config.label_map)
         label_map_sha = hashlib.sha256(data).hexdigest()
-    if config.tile is not None and loaded.task != "semantic":
-        raise JobError(
-            f"--tile {config.tile} with {config.model!r}, an instance model: tiled (sliced) inference runs "
-            "semantic models so far; leave out --tile"
-        )
     applied, warnings = applicable_options(config, loaded.task)
     identity = job_identity(
         input=redact_url(fsio.canonical_url(config.input)),

@@ -36,7 +36,7 @@ from segbatch.models.registry import get_model_spec
 from segbatch.models.resolve import ResolvedModel, load_bundle
 from segbatch.models.weights import ResolvedWeights, load_model
 from segbatch.stages.classmap import resampled_grid, upsampled_argmax_batch
-from segbatch.stages.tiled import TiledRead, label_tiled
+from segbatch.stages.tiled import TiledRead, detect_tiled, label_tiled
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,6 @@ class Predictor:
         # map's grid, for the label-quality evidence (segbatch.quality) the encode stage makes.
         self.quality_stride = quality_stride
         # Tiled runs (large images): each image is read by region here and run tile by tile.
-        if tiling is not None and self.bundle.task != "semantic":
-            raise ValueError(f"tiled inference runs semantic models; this one is {self.bundle.task}")
         if tiling is not None and self.bundle.max_batch:
             tiling = dataclasses.replace(tiling, tiles_per_pass=min(tiling.tiles_per_pass, self.bundle.max_batch))
         self.tiling = tiling
@@ -214,13 +212,15 @@ class Predictor:
                 return self._semantic(batch, idx)
             return self._instance(batch, idx)
 
-    def _tiled(self, uri: str) -> tuple[SemanticResult, float]:
-        """One image, tile by tile (:func:`segbatch.stages.tiled.label_tiled`); and the seconds spent reading."""
+    def _tiled(self, uri: str) -> tuple[Any, float]:
+        """One image, tile by tile (:mod:`segbatch.stages.tiled`); and the seconds spent reading."""
         assert self.tiling is not None
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None),
         ):
+            if self.bundle.task != "semantic":
+                return detect_tiled(uri, self.tiling, self.preprocess, self._detect)
             out = label_tiled(uri, self.tiling, self.preprocess, self._logits, len(self.bundle.categories),
                               self.device, UNCERTAIN_MARGIN)  # fmt: skip
         # No coarse confidence image and no label-quality probabilities for a tiled image: the
@@ -229,6 +229,12 @@ class Predictor:
         empty = np.zeros((0, 0), np.uint8)
         result = SemanticResult(out.label_map, empty, out.confidence, out.uncertain_share, out.class_scores, None)
         return result, out.t_read
+
+    def _detect(self, tiles: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Any]:
+        """Tiles ``(3, h, w) uint8`` → the bundle's instances per tile at ``sizes`` (each window's)."""
+        images = [self.preprocess.normalize(torch.from_numpy(t)[None].to(self.device))[0] for t in tiles]
+        assert self.bundle.instance is not None  # ModelBundle.check sets the default
+        return self.bundle.instance(self.module, images, sizes, self.options)
 
     def _logits(self, images: list[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int] | None]:
         """``N`` images ``(3, h, w) uint8`` of one shape → the bundle's logits ``(N, C, h', w')`` and ``via``."""

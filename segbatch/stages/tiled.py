@@ -8,6 +8,11 @@ read by region, other formats decoded once), walks the tile grid row-major, resi
 whose finished bands are copied into the ``(H, W) uint8`` class map — the only full-size array
 (1 byte a pixel); float logits exist per tile and per open band only.
 
+Instance models, sliced (SAHI): :func:`detect_tiled` runs the model on each window, moves its
+detections into image coordinates as crops of their boxes, merges those of neighbouring windows
+(:func:`~segbatch.stages.tiling.merge_instances`: ``merge`` by intersection over the smaller mask,
+or mask ``nms``) and pastes the merged masks at full size, the instance result of an untiled image.
+
 Confidence comes from the tiles' coarse logits (no second pass): the mean top-class probability and
 the share of coarse pixels whose top two are within ``uncertain_margin``, over every tile's coarse
 grid (pixels in overlaps count once per tile); a class's mask score is the mean top probability over
@@ -29,10 +34,22 @@ from segbatch.io import fs as fsio
 from segbatch.io.images import HighBitDepth
 from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS, RegionReader
 from segbatch.models.preprocess import Preprocess
-from segbatch.stages.tiling import SemanticBlender, TileSpec, Window, input_size
+from segbatch.stages.tiling import (
+    Instance,
+    SemanticBlender,
+    TileSpec,
+    Window,
+    input_size,
+    instances_from_masks,
+    merge_instances,
+    paste_instances,
+    tile_grid,
+)
 
 # (N tiles (3, h, w) uint8 of one shape) → (logits (N, C, h', w'), the model's upsampling size or None)
 Forward = Callable[[list[np.ndarray]], tuple[torch.Tensor, tuple[int, int] | None]]
+# (N tiles (3, h, w) uint8, each window's (h, w)) → per tile (masks (n, h, w) uint8, labels (n,), scores (n,))
+Detect = Callable[[list[np.ndarray], list[tuple[int, int]]], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,8 @@ class TiledRead:
     high_bit_depth: HighBitDepth = "range"
     max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS
     tiles_per_pass: int = 1
+    merge: str = "merge"  # instance models: how detections of overlapping tiles are merged
+    merge_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.tiles_per_pass < 1:
@@ -149,3 +168,32 @@ def _label(
         raise RuntimeError(f"tiled class map of {height}x{width} is incomplete")
     scores = (score_sums / score_counts.clamp(min=1)).float().cpu().numpy()
     return TiledOutput(label_map, top_sum / pixels, uncertain / pixels, scores, t_read, len(windows))
+
+
+def detect_tiled(
+    uri: str, read: TiledRead, preprocess: Preprocess, detect: Detect
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+    """The instances of the image at ``uri`` from its windows, merged (see the module docstring):
+    ``((N, H, W) uint8 masks, (N,) int64 labels, (N,) float32 scores)`` and the seconds spent reading."""
+    source, opened = open_source(uri, read.storage_options)
+    try:
+        with RegionReader(source, read.max_image_pixels or None, read.high_bit_depth) as reader:
+            height, width = reader.height, reader.width
+            windows = tile_grid(height, width, read.spec)
+            resize = tile_preprocess(preprocess, input_size(windows[0].h, windows[0].w, read.spec.scale))
+            found: list[Instance] = []
+            t_read = 0.0
+            for start in range(0, len(windows), read.tiles_per_pass):
+                chunk = windows[start : start + read.tiles_per_pass]
+                t0 = time.perf_counter()
+                tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in chunk]
+                t_read += time.perf_counter() - t0
+                for window, (masks, labels, scores) in zip(
+                    chunk, detect(tiles, [(w.h, w.w) for w in chunk]), strict=True
+                ):
+                    found += instances_from_masks(window, np.asarray(masks), np.asarray(labels), np.asarray(scores))
+    finally:
+        if opened is not None:
+            opened.close()
+    merged = [m for m in merge_instances(found, read.merge, read.merge_threshold) if m.area]
+    return paste_instances(merged, height, width), t_read
