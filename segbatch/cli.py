@@ -102,6 +102,18 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
         "contrast) or full (÷257)",
     ),
     (
+        "--max-image-pixels",
+        "max_image_pixels",
+        int,
+        "images with more pixels are error rows (default: Pillow's limit, 89478485; 0: no limit)",
+    ),
+    ("--tile", "tile", str, "large images: run in windows of SIZE or HEIGHTxWIDTH image pixels (e.g. 1024)"),
+    ("--tile-overlap", "tile_overlap", str, "pixels (e.g. 256) or a fraction of the tile (e.g. 0.25) (default 0)"),
+    ("--tile-scale", "tile_scale", float, "the model sees a window resized by this factor (default 1.0: native)"),
+    ("--tile-blend", "tile_blend", str, "semantic: mean (default) or gaussian weights of overlapping tiles"),
+    ("--tile-merge", "tile_merge", str, "instance: merge (default) or nms of detections across tile borders"),
+    ("--tile-merge-threshold", "tile_merge_threshold", float, "instance: mask match threshold (default 0.5)"),
+    (
         "--rows-per-part",
         "rows_per_part",
         int,

@@ -84,14 +84,12 @@ class ModelActor:
 
 
 @ray.remote
-def read_slice(
-    todo_holder: list[Any], start: int, stop: int, read_args: tuple[Any, Mapping[str, Any], str]
-) -> dict[str, np.ndarray]:
-    """Rows ``start:stop`` of the images to label, read (fetch, decode, resize)."""
+def read_slice(todo_holder: list[Any], start: int, stop: int, read_args: tuple[Any, ...]) -> dict[str, np.ndarray]:
+    """Rows ``start:stop`` of the images to label, read (fetch, decode, resize). ``read_args``:
+    :func:`segbatch.stages.read.read_batch`'s arguments after the rows."""
     from segbatch.stages.feed import read_rows
 
-    preprocess, storage_options, high_bit_depth = read_args
-    return read_rows(todo_holder, start, stop, preprocess, storage_options, high_bit_depth)  # type: ignore[arg-type]
+    return read_rows(todo_holder, start, stop, *read_args)
 
 
 @ray.remote
@@ -196,7 +194,7 @@ class Executor:
         self,
         num_rows: int,
         todo_ref: Any,
-        read_args: tuple[Any, Mapping[str, Any], str],
+        read_args: tuple[Any, ...],
         encode: Callable[[list[Any]], Any],
         group: int,
         counter: CommitCounter,

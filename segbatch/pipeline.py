@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -332,8 +331,22 @@ def _launch(config: JobConfig) -> _Launched:
         "announce": config.verbose,
         # Label quality needs the class probabilities; only runs with labels pay for them.
         "quality_stride": config.quality_stride if config.labels is not None and config.quality_stride else None,
+        "tiling": _tiling(config, layout),
     }
     return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings))
+
+
+def _tiling(config: JobConfig, layout: Layout) -> Any:
+    """A tiled run's :class:`segbatch.stages.tiled.TiledRead` for the model actors (None: untiled)."""
+    spec = config.tile_spec()
+    if spec is None:
+        return None
+    from segbatch.stages.tiled import TiledRead
+
+    # Tiles per forward pass as images are batched: the batch on a GPU, one on a CPU (faster there).
+    per_pass = layout.batch_size if layout.gpus_per_actor else 1
+    return TiledRead(spec, dict(config.storage_options), config.high_bit_depth, config.max_image_pixels, per_pass,
+                     config.tile_merge, config.tile_merge_threshold)  # fmt: skip
 
 
 def _nothing_to_do_likely(config: JobConfig) -> bool:
@@ -430,7 +443,8 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         config.stall_timeout,
         ray.nodes,
     )
-    read_args = (loaded.preprocess, so, config.high_bit_depth)
+    # read_batch's arguments after the rows: a tiled run reads only the sizes (the actors read regions).
+    read_args = (loaded.preprocess, so, config.high_bit_depth, config.max_image_pixels, config.tile is not None)
     todo_ref = ray.put(todo)
     try:
         failed = executor.run(todo.num_rows, todo_ref, read_args, encode, group, counter, monitor)
@@ -464,7 +478,7 @@ def _request(config: JobConfig) -> LayoutRequest:
 
 def label_alone(
     rows: pa.Table,
-    read_args: tuple[Any, Mapping[str, Any], str],
+    read_args: tuple[Any, ...],
     predictor_kwargs: dict[str, Any],
     encode_spec: EncodeSpec,
     parts_url: str,
@@ -525,19 +539,19 @@ def label_alone(
 @ray.remote
 def _label_one(
     rows: pa.Table,
-    read_args: tuple[Any, Mapping[str, Any], str],
+    read_args: tuple[Any, ...],
     predictor_kwargs: dict[str, Any],
     encode_spec: EncodeSpec,
     parts_url: str,
 ) -> str:
     """read → predict → encode → commit for ``rows`` (one image), in a worker of its own.
-    ``read_args``: (preprocess, storage options, high-bit-depth conversion)."""
-    preprocess, so, high_bit_depth = read_args
+    ``read_args``: :func:`segbatch.stages.read.read_batch`'s arguments after the rows."""
+    so = read_args[1]
     batch = {c: np.array(rows.column(c).to_pylist(), dtype=object) for c in rows.column_names}
     from segbatch.stages.actor import RayPredictor
     from segbatch.stages.read import read_batch
 
-    predicted = RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so, high_bit_depth))  # type: ignore[arg-type]
+    predicted = RayPredictor(**predictor_kwargs)(read_batch(batch, *read_args))
     return write_part(encode_batch(predicted, encode_spec), parts_url, so)
 
 

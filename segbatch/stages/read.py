@@ -2,6 +2,10 @@
 
 Runs in CPU tasks ahead of the predict stage, so decoding overlaps with inference and the
 actors receive uint8 images (4× smaller than float). A failure becomes an error row.
+
+Tiled runs (``tiled=True``, large images) only read each image's size from its header here and
+check it against ``max_image_pixels``: the model actor reads the image region by region
+(:mod:`segbatch.stages.tiled`), so a whole large image never travels between processes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 from segbatch.errors import ImageError
 from segbatch.io import fs as fsio
 from segbatch.io.images import HighBitDepth, decode
+from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS, image_size, pillow_pixel_limit
 from segbatch.models.registry import Preprocess
 
 _EMPTY = np.zeros((3, 0, 0), dtype=np.uint8)
@@ -25,10 +30,16 @@ def read_batch(
     preprocess: Preprocess,
     storage_options: Mapping[str, Any] | None = None,
     high_bit_depth: HighBitDepth = "range",
+    max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS,
+    tiled: bool = False,
 ) -> dict[str, np.ndarray]:
     """Manifest rows → rows with ``image`` ``(3, h, w) uint8``, original ``height``/``width``,
     ``status``, ``error``, ``conversion`` (str or None: how the file became 8-bit RGB) and
-    ``t_read``; the manifest columns pass through."""
+    ``t_read``; the manifest columns pass through.
+
+    ``max_image_pixels``: an image with more pixels is an error row (0: no limit). ``tiled``:
+    ``image`` is ``(3, 0, 0)`` and only the size is read (see the module docstring)."""
+    limit = max_image_pixels or None
     n = len(batch["uri"])
     images = np.empty(n, dtype=object)
     heights = np.zeros(n, dtype=np.int32)
@@ -41,11 +52,17 @@ def read_batch(
         t0 = time.perf_counter()
         uri = str(batch["uri"][i])
         try:
+            if tiled:
+                heights[i], widths[i] = header_size(uri, storage_options, limit)
+                images[i] = _EMPTY
+                t_read[i] = time.perf_counter() - t0
+                continue
             try:
                 data = fsio.read_bytes(uri, storage_options)
             except Exception as err:  # fsspec backends raise their own types
                 raise ImageError("read", f"cannot read {uri}: {type(err).__name__}: {err}") from None
-            decoded = decode(data, high_bit_depth)
+            with pillow_pixel_limit(limit):
+                decoded = decode(data, high_bit_depth)
             rgb, conversion[i] = decoded.rgb, decoded.note
             heights[i], widths[i] = rgb.shape[:2]
             images[i] = preprocess.resize_chw(rgb)
@@ -64,3 +81,27 @@ def read_batch(
         "conversion": conversion,
         "t_read": t_read,
     }
+
+
+def header_size(uri: str, storage_options: Mapping[str, Any] | None, max_image_pixels: int | None) -> tuple[int, int]:
+    """``(height, width)`` of the image at ``uri`` after EXIF orientation, from its header alone;
+    raises :class:`ImageError` when it cannot be read or has more than ``max_image_pixels`` pixels."""
+    try:
+        fs, path = fsio.resolve(uri, storage_options)
+        f = fs.open(path, "rb")
+    except Exception as err:  # fsspec backends raise their own types
+        raise ImageError("read", f"cannot read {uri}: {type(err).__name__}: {err}") from None
+    with f:
+        try:
+            height, width = image_size(f)
+        except ImageError:
+            raise
+        except Exception as err:  # tifffile raises several types on broken headers
+            raise ImageError("decode", f"cannot read the image size: {type(err).__name__}: {err}") from None
+    if max_image_pixels is not None and height * width > max_image_pixels:
+        raise ImageError(
+            "decode",
+            f"image too large to decode safely: {height}x{width} = {height * width} pixels "
+            f"exceeds max_image_pixels {max_image_pixels} (raise --max-image-pixels to allow it)",
+        )
+    return height, width
