@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from segbatch.errors import JobError
-from segbatch.io.images import HIGH_BIT_DEPTHS, HighBitDepth
+from segbatch.io.images import DECODE_MODES, HIGH_BIT_DEPTHS, DecodeMode, HighBitDepth
 
 Precision = Literal["fp32", "fp16", "bf16"]
 MissingLabelPolicy = Literal["error", "ignore"]
@@ -88,6 +88,11 @@ class JobConfig:
     # How 16/32-bit grayscale becomes 8-bit (segbatch.io.images): "range" (the image's own
     # min..max), "percentile" (ImageJ's auto contrast) or "full" (÷257).
     high_bit_depth: HighBitDepth = "range"
+    # Where JPEGs are decoded and resized: "host" (the read tasks), "device" (the model actor:
+    # its GPU, or torchvision's CPU decoder on a CPU actor; encoded bytes travel instead of
+    # pixels) or "auto" (device when the actors have a GPU). The same pixels either way, so not
+    # part of the job's identity; job.json's layout records the mode that ran.
+    decode: DecodeMode = "auto"
     rows_per_part: int | None = None  # images per committed part file (sized: 8 to 64 by the run's size)
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ray_address: str | None = None
@@ -142,6 +147,8 @@ class JobConfig:
             raise JobError(f"precision must be one of fp32, fp16, bf16, got {self.precision!r}")
         if self.high_bit_depth not in HIGH_BIT_DEPTHS:
             raise JobError(f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTHS)}, got {self.high_bit_depth!r}")
+        if self.decode not in DECODE_MODES:
+            raise JobError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.task is not None and self.task not in ("semantic", "instance"):
             raise JobError(f"task must be 'semantic' or 'instance', got {self.task!r}")
         for name in ("model_card", "model_revision"):

@@ -85,13 +85,15 @@ class ModelActor:
 
 @ray.remote
 def read_slice(
-    todo_holder: list[Any], start: int, stop: int, read_args: tuple[Any, Mapping[str, Any], str]
+    todo_holder: list[Any], start: int, stop: int, read_args: tuple[Any, Mapping[str, Any], str, str]
 ) -> dict[str, np.ndarray]:
-    """Rows ``start:stop`` of the images to label, read (fetch, decode, resize)."""
+    """Rows ``start:stop`` of the images to label, read (fetch, decode, resize; or, for
+    ``--decode device``, fetch and check JPEGs, which the model actor decodes).
+    ``read_args``: (preprocess, storage options, high-bit-depth conversion, decode mode)."""
     from segbatch.stages.feed import read_rows
 
-    preprocess, storage_options, high_bit_depth = read_args
-    return read_rows(todo_holder, start, stop, preprocess, storage_options, high_bit_depth)  # type: ignore[arg-type]
+    preprocess, storage_options, high_bit_depth, decode_mode = read_args
+    return read_rows(todo_holder, start, stop, preprocess, storage_options, high_bit_depth, decode_mode)  # type: ignore[arg-type]
 
 
 @ray.remote
@@ -101,11 +103,15 @@ def encode_commit(
     """Encode predicted batches and commit them as one part file; returns (images, errors)."""
     import pyarrow.compute as pc
 
+    from segbatch.stages.cpu_clock import stage_clock
     from segbatch.stages.encode import encode_batch
     from segbatch.stages.sink import commit_batch
 
-    table = pa.concat_tables([encode_batch(b, spec) for b in batches])
-    committed = commit_batch(table, parts_url, storage_options)
+    images = sum(len(b["status"]) for b in batches)
+    with stage_clock("encode", images):
+        table = pa.concat_tables([encode_batch(b, spec) for b in batches])
+    with stage_clock("write", images):
+        committed = commit_batch(table, parts_url, storage_options)
     ok = committed.column("ok")
     return committed.num_rows, committed.num_rows - (pc.sum(ok).as_py() or 0)
 
@@ -196,7 +202,7 @@ class Executor:
         self,
         num_rows: int,
         todo_ref: Any,
-        read_args: tuple[Any, Mapping[str, Any], str],
+        read_args: tuple[Any, Mapping[str, Any], str, str],
         encode: Callable[[list[Any]], Any],
         group: int,
         counter: CommitCounter,

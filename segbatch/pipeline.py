@@ -224,6 +224,7 @@ class _StartUp:
     layout: Layout | None = None
     precision: str = "fp32"
     executor: Executor | None = None
+    decode: str = "host"  # where JPEGs are decoded: --decode resolved for the layout
 
     def stop(self) -> None:
         if self.executor is not None:
@@ -269,7 +270,7 @@ def _start(config: JobConfig) -> _StartUp:
         raise outcome
     assert isinstance(outcome, Prepared)
     return _StartUp(outcome, ray_up_s, launched.t_up, launched.cluster, launched.layout, launched.precision,
-                    launched.executor)  # fmt: skip
+                    launched.executor, launched.decode)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +280,7 @@ class _Launched:
     layout: Layout
     precision: str
     executor: Executor
+    decode: str  # "host" or "device"
 
 
 def _launch(config: JobConfig) -> _Launched:
@@ -302,7 +304,9 @@ def _launch(config: JobConfig) -> _Launched:
         # Label quality needs the class probabilities; only runs with labels pay for them.
         "quality_stride": config.quality_stride if config.labels is not None and config.quality_stride else None,
     }
-    return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings))
+    # --decode auto: JPEGs go to the model actors as bytes when those have a GPU to decode them.
+    decode = config.decode if config.decode != "auto" else ("device" if layout.gpus_per_actor else "host")
+    return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings), decode)
 
 
 def _nothing_to_do_likely(config: JobConfig) -> bool:
@@ -347,6 +351,7 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         _connect(config.ray_address)
         launched = _launch(config)
         start.cluster, start.layout, start.precision = launched.cluster, launched.layout, launched.precision
+        start.decode = launched.decode
         start.executor, start.t_up = launched.executor, launched.t_up
     executor, layout, cluster = start.executor, start.layout, start.cluster
     assert executor is not None and layout is not None and cluster is not None and start.t_up is not None
@@ -399,7 +404,7 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         config.stall_timeout,
         ray.nodes,
     )
-    read_args = (loaded.preprocess, so, config.high_bit_depth)
+    read_args = (loaded.preprocess, so, config.high_bit_depth, start.decode)
     todo_ref = ray.put(todo)
     try:
         failed = executor.run(todo.num_rows, todo_ref, read_args, encode, group, counter, monitor)
@@ -415,7 +420,7 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         settings = {**executor.settings, "model_holder": [ray.put(prep.resolved)]}
         label_alone(left, read_args, settings, encode_spec, parts_url,
                     num_cpus=layout.cpus_per_actor, num_gpus=layout.gpus_per_actor)  # fmt: skip
-    record = {**layout.to_dict(), "precision": start.precision, "cluster": cluster.describe()}
+    record = {**layout.to_dict(), "precision": start.precision, "decode": start.decode, "cluster": cluster.describe()}
     return record, None if first is None else round(first - start.t_up, 3)
 
 
@@ -433,7 +438,7 @@ def _request(config: JobConfig) -> LayoutRequest:
 
 def label_alone(
     rows: pa.Table,
-    read_args: tuple[Any, Mapping[str, Any], str],
+    read_args: tuple[Any, Mapping[str, Any], str, str],
     predictor_kwargs: dict[str, Any],
     encode_spec: EncodeSpec,
     parts_url: str,
@@ -494,19 +499,19 @@ def label_alone(
 @ray.remote
 def _label_one(
     rows: pa.Table,
-    read_args: tuple[Any, Mapping[str, Any], str],
+    read_args: tuple[Any, Mapping[str, Any], str, str],
     predictor_kwargs: dict[str, Any],
     encode_spec: EncodeSpec,
     parts_url: str,
 ) -> str:
     """read → predict → encode → commit for ``rows`` (one image), in a worker of its own.
-    ``read_args``: (preprocess, storage options, high-bit-depth conversion)."""
-    preprocess, so, high_bit_depth = read_args
+    ``read_args``: (preprocess, storage options, high-bit-depth conversion, decode mode)."""
+    preprocess, so, high_bit_depth, decode_mode = read_args
     batch = {c: np.array(rows.column(c).to_pylist(), dtype=object) for c in rows.column_names}
     from segbatch.stages.actor import RayPredictor
     from segbatch.stages.read import read_batch
 
-    predicted = RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so, high_bit_depth))  # type: ignore[arg-type]
+    predicted = RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so, high_bit_depth, decode_mode))  # type: ignore[arg-type]
     return write_part(encode_batch(predicted, encode_spec), parts_url, so)
 
 

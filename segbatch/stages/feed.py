@@ -26,13 +26,15 @@ def read_rows(
     preprocess: Preprocess,
     storage_options: Mapping[str, Any] | None = None,
     high_bit_depth: HighBitDepth = "range",
+    decode_mode: str = "host",
 ) -> dict[str, np.ndarray]:
     """Rows ``start:stop`` of the images to label, read (see :func:`read_batch`).
 
     ``todo_holder`` is ``[ObjectRef]`` of the manifest table of the images to label; the list
     keeps Ray from resolving (and copying) it when the task is built.
     """
-    return read_batch(manifest_rows(todo_holder, start, stop), preprocess, storage_options, high_bit_depth)
+    rows = manifest_rows(todo_holder, start, stop)
+    return read_batch(rows, preprocess, storage_options, high_bit_depth, decode_mode)
 
 
 def manifest_rows(todo_holder: list[Any], start: int, stop: int) -> dict[str, np.ndarray]:
