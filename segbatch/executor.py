@@ -70,8 +70,10 @@ class ModelActor:
     def load(self, model_holder: list[Any]) -> str:
         """Build the model from ``[ObjectRef of a ResolvedModel]``; returns where it runs."""
         from segbatch.stages.actor import RayPredictor
+        from segbatch.stages.cpu_clock import mark
 
         self.predictor = RayPredictor(model_holder=model_holder, **self.settings)
+        mark("actor_start")  # bench/overhead.py: its start-up CPU, apart from the per-image cost
         return str(self.predictor.worker)
 
     def predict(self, batch: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:

@@ -2,7 +2,8 @@
 
 Off unless the environment variable :data:`ENV` names a folder (the bench sets it before Ray
 starts, so every worker inherits it): then each timed section appends one JSON line
-``{"stage", "pid", "cpu_s", "images"}`` to ``<folder>/<pid>.jsonl``. Off, a section costs one
+``{"stage", "pid", "cpu_s", "images", "process_cpu_s"}`` to ``<folder>/<pid>.jsonl``
+(``process_cpu_s``: the process's CPU seconds since it started, at the end of the section). Off, a section costs one
 dictionary lookup.
 
 Two clocks: ``process`` (the default) is the CPU time of the whole process during the
@@ -36,6 +37,19 @@ def stage_clock(stage: str, images: int, clock: Literal["process", "thread"] = "
     try:
         yield
     finally:
-        record = {"stage": stage, "pid": os.getpid(), "cpu_s": now() - t0, "images": images}
-        with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _write(folder, stage, now() - t0, images)
+
+
+def mark(stage: str) -> None:
+    """Record the process's CPU seconds so far as ``stage`` (e.g. a model actor's start-up, once
+    its model is built), when :data:`ENV` is set."""
+    folder = os.environ.get(ENV)
+    if folder:
+        _write(folder, stage, time.process_time(), 0)
+
+
+def _write(folder: str, stage: str, cpu_s: float, images: int) -> None:
+    record = {"stage": stage, "pid": os.getpid(), "cpu_s": cpu_s, "images": images,
+              "process_cpu_s": time.process_time()}  # fmt: skip
+    with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
