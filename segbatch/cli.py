@@ -4,6 +4,8 @@
     segbatch models
     segbatch demo [--output DIR]
     segbatch sample OUT_DIR [--n N]
+    segbatch audit|metrics RUN_DIR
+    segbatch export RUN_DIR [--format coco,label-studio,cvat-masks] [--only label-issues] [--order …] [--limit N]
 
 Job-level problems exit with status 2 and a message naming the bad value.
 """
@@ -107,6 +109,18 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
         "has one; encoded bytes travel) or auto (default: device when the actors have a GPU)",
     ),
     (
+        "--max-image-pixels",
+        "max_image_pixels",
+        int,
+        "images with more pixels are error rows (default: Pillow's limit, 89478485; 0: no limit)",
+    ),
+    ("--tile", "tile", str, "large images: run in windows of SIZE or HEIGHTxWIDTH image pixels (e.g. 1024)"),
+    ("--tile-overlap", "tile_overlap", str, "pixels (e.g. 256) or a fraction of the tile (e.g. 0.25) (default 0)"),
+    ("--tile-scale", "tile_scale", float, "the model sees a window resized by this factor (default 1.0: native)"),
+    ("--tile-blend", "tile_blend", str, "semantic: mean (default) or gaussian weights of overlapping tiles"),
+    ("--tile-merge", "tile_merge", str, "instance: merge (default) or nms of detections across tile borders"),
+    ("--tile-merge-threshold", "tile_merge_threshold", float, "instance: mask match threshold (default 0.5)"),
+    (
         "--rows-per-part",
         "rows_per_part",
         int,
@@ -141,6 +155,25 @@ _EXPORT_OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+# Options of the Label Studio tasks, shared by `run` and `export`.
+_LABEL_STUDIO_OPTIONS: list[tuple[str, str, Any, str]] = [
+    (
+        "--order",
+        "export_order",
+        str,
+        "Label Studio tasks: image-id (default), least-confident, most-confident or label-quality (worst first)",
+    ),
+    ("--limit", "export_limit", int, "Label Studio tasks: keep the first N of that order (default: all)"),
+    (
+        "--image-root",
+        "image_root",
+        str,
+        "Label Studio tasks: URL that replaces the input folder in image URLs (s3://…, https://…, "
+        "/data/local-files/?d=…); default: cloud URLs kept, a local folder as a local-files URL",
+    ),
+]
+
+
 def _add_options(p: argparse.ArgumentParser, options: list[tuple[str, str, Any, str]]) -> None:
     for flag, dest, typ, help_text in options:
         p.add_argument(flag, dest=dest, type=typ, default=argparse.SUPPRESS, help=help_text)
@@ -148,7 +181,14 @@ def _add_options(p: argparse.ArgumentParser, options: list[tuple[str, str, Any, 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="job YAML file with the same keys; flags given here win")
-    _add_options(p, _RUN_OPTIONS + _EXPORT_OPTIONS)
+    _add_options(p, _RUN_OPTIONS + _EXPORT_OPTIONS + _LABEL_STUDIO_OPTIONS)
+    p.add_argument(
+        "--export",
+        dest="exports",
+        type=_csv,
+        default=argparse.SUPPRESS,
+        help="extra forms written after the run, comma-separated: label-studio, cvat-masks (COCO is always written)",
+    )
     p.add_argument(
         "--no-channels-last",
         dest="channels_last",
@@ -176,7 +216,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         dest="report",
         action="store_false",
         default=argparse.SUPPRESS,
-        help="do not write report.html at the end of a run with labels",
+        help="do not write report.html at the end of the run",
     )
 
 
@@ -190,20 +230,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="label the bundled sample images with the bundled U-Net")
     demo.add_argument("--output", default="demo-output")
     demo.add_argument("--ray-address", default=None)
-    audit = sub.add_parser("audit", help="write report.html for a finished run with labels (no model run)")
+    audit = sub.add_parser("audit", help="write report.html for a finished run (no model run)")
     audit.add_argument("run_dir")
-    audit.add_argument("--worst", type=int, default=12, help="images shown with overlays (default 12)")
+    audit.add_argument("--worst", type=int, default=12, help="images shown per ranking (default 12)")
+    audit.add_argument(
+        "--rank",
+        default=None,
+        help="order of the image panels: label-quality | dice | confidence (default: label-quality where the "
+        "run has it, else dice with labels, else confidence)",
+    )
     audit.add_argument("--classes", type=_csv, default=None, help="comma-separated evaluation classes to audit")
     audit.add_argument("--max-dice", type=float, default=None, help="only images whose Dice is at most this")
-    audit.add_argument("--sample", type=int, default=None, help="audit a random sample of N labeled images")
+    audit.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="audit a random sample of N images (labeled ones if the run has labels)",
+    )
     audit.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     audit.add_argument("--storage-options", type=_storage_options, default={})
     metrics = sub.add_parser("metrics", help="recompute metrics.json from a finished run's Parquet and print it")
     metrics.add_argument("run_dir")
     metrics.add_argument("--storage-options", type=_storage_options, default={})
-    export = sub.add_parser("export", help="rewrite a finished run's COCO files with other export options")
+    export = sub.add_parser("export", help="write a finished run's export forms again, with other options")
     export.add_argument("run_dir")
-    _add_options(export, _EXPORT_OPTIONS)
+    export.add_argument(
+        "--format",
+        dest="forms",
+        type=_csv,
+        default=("coco",),
+        help="comma-separated forms: coco (default), label-studio, cvat-masks",
+    )
+    export.add_argument(
+        "--only",
+        default=None,
+        help="label-issues: only images whose label a label-quality run flagged (ordered worst label first)",
+    )
+    _add_options(export, _EXPORT_OPTIONS + _LABEL_STUDIO_OPTIONS)
     export.add_argument("--storage-options", dest="storage_options", type=_storage_options, default={})
     sample = sub.add_parser("sample", help="write generated shape images and mask PNGs")
     sample.add_argument("out_dir")
@@ -333,20 +396,27 @@ def _offline(args: argparse.Namespace) -> int:
             max_dice=args.max_dice,
             sample=args.sample,
             seed=args.seed,
+            rank=args.rank,
         )
         print(f"audit report: {write_report(out, options)}")
         return 0
     from segbatch.driver.plan import coco_info
-    from segbatch.outputs.coco import rewrite_coco_exports
+    from segbatch.outputs.exports import FORMATS, describe, parse_formats, record_exports, write_exports
 
     job = out.read_json(JOB)
-    values = {**job["config"], **{k: v for k, v in vars(args).items() if k not in ("command", "run_dir")}}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "run_dir", "forms", "only")}
+    values = {**job["config"], **flags}  # the run's own export options by default
+    if args.only is not None and "export_order" not in flags:
+        values["export_order"] = None  # a subset has its own default order (worst label first), not the run's
     config = JobConfig.from_mapping(values)
-    counts = rewrite_coco_exports(out, config.export_options(), coco_info(job["model"]["name"], job.get("started", "")))
-    print(
-        f"wrote {counts['annotations']} annotations to {out.url_of('predictions.coco.json')} "
-        f"({counts['below_min_area']} below the minimum area, {counts['other_class']} of other classes left out)"
-    )
+    forms = parse_formats(args.forms, "--format")
+    if not forms:
+        raise JobError(f"--format names no export form; valid: {list(FORMATS)}")
+    settings = config.export_settings(coco_info(job["model"]["name"], job.get("started", "")), only=args.only)
+    records = write_exports(out, forms, settings)
+    out.write_json(JOB, record_exports(out.read_json(JOB), records, settings))
+    for form, record in records.items():
+        print(describe(form, record["counts"], out))
     return 0
 
 

@@ -19,10 +19,12 @@ import yaml
 
 from segbatch.errors import JobError
 from segbatch.io.images import DECODE_MODES, HIGH_BIT_DEPTHS, DecodeMode, HighBitDepth
+from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS
 
 Precision = Literal["fp32", "fp16", "bf16"]
 MissingLabelPolicy = Literal["error", "ignore"]
 
+TILE_MERGES = ("nms", "merge")  # as segbatch.stages.tiling.MERGES, without importing torch
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -93,6 +95,20 @@ class JobConfig:
     # pixels) or "auto" (device when the actors have a GPU). The same pixels either way, so not
     # part of the job's identity; job.json's layout records the mode that ran.
     decode: DecodeMode = "auto"
+    # Pixels an image may have (Pillow's decompression-bomb guard, made explicit): more is an
+    # error row. Default: Pillow's own limit; 0: no limit.
+    max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS
+    # Tiled inference for large images (segbatch.stages.tiling; README "Large images"): None runs
+    # each image whole, resized for the model. "1024" or "768x1024" (height x width, image pixels)
+    # cuts it into windows of that size, each run at tile_scale (1.0: native pixels) and blended.
+    tile: str | int | None = None
+    tile_overlap: str | int | float = 0  # pixels (256) or a fraction of the tile (0.25)
+    tile_scale: float = 1.0
+    tile_blend: str = "mean"  # mean (MMSegmentation's slide mode) or gaussian (MONAI)
+    # Instance models, tiled: detections of neighbouring tiles merged by mask NMS or by merging
+    # (intersection over the smaller mask), as SAHI; the match threshold.
+    tile_merge: str = "merge"
+    tile_merge_threshold: float = 0.5
     rows_per_part: int | None = None  # images per committed part file (sized: 8 to 64 by the run's size)
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ray_address: str | None = None
@@ -104,7 +120,14 @@ class JobConfig:
     min_mask_area: int = 0
     export_classes: tuple[str, ...] | None = None
     coco_category_ids: str | None = None
-    # Write report.html at the end of a run that had labels.
+    # Extra export forms written after finalize (segbatch.outputs.exports: "label-studio",
+    # "cvat-masks"; "coco" is always written), and the Label Studio tasks' order, count and image
+    # URL root. Like the COCO options they shape only derived files: not part of the job's identity.
+    exports: tuple[str, ...] = ()
+    export_order: str | None = None
+    export_limit: int | None = None
+    image_root: str | None = None
+    # Write report.html at the end of the run (every run; with labels it audits them too).
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -149,6 +172,8 @@ class JobConfig:
             raise JobError(f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTHS)}, got {self.high_bit_depth!r}")
         if self.decode not in DECODE_MODES:
             raise JobError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        _check_int("max_image_pixels", self.max_image_pixels, minimum=0)
+        self._check_tiling()
         if self.task is not None and self.task not in ("semantic", "instance"):
             raise JobError(f"task must be 'semantic' or 'instance', got {self.task!r}")
         for name in ("model_card", "model_revision"):
@@ -167,8 +192,47 @@ class JobConfig:
         object.__setattr__(self, "extensions", exts)
         if self.export_classes is not None:
             object.__setattr__(self, "export_classes", tuple(str(c) for c in self.export_classes))
-        self.export_options()  # validates the export fields
+        from segbatch.outputs.exports import parse_formats
+
+        object.__setattr__(self, "exports", parse_formats(self.exports, "exports"))
+        self.export_settings()  # validates the export fields
+        if "label-studio" in self.exports:
+            from segbatch.outputs.label_studio import check_image_source
+
+            check_image_source(self.input, self.image_root)
         object.__setattr__(self, "storage_options", dict(self.storage_options))
+
+    def _check_tiling(self) -> None:
+        if self.tile_merge not in TILE_MERGES:
+            raise JobError(f"tile_merge must be one of {', '.join(TILE_MERGES)}, got {self.tile_merge!r}")
+        if not (_is_number(self.tile_merge_threshold) and 0.0 < self.tile_merge_threshold <= 1.0):
+            raise JobError(f"tile_merge_threshold must be a number in (0, 1], got {self.tile_merge_threshold!r}")
+        if self.tile is None:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in ("tile_overlap", "tile_scale", "tile_blend", "tile_merge", "tile_merge_threshold"):
+                if str(getattr(self, name)) != str(defaults[name]):  # "0" from the CLI is the default 0
+                    raise JobError(f"{name} {getattr(self, name)!r} was given without tile (e.g. --tile 1024)")
+            return
+        if isinstance(self.tile, bool) or not isinstance(self.tile, str | int):
+            raise JobError(f"tile must be SIZE or HEIGHTxWIDTH in pixels (e.g. 1024, 768x1024), got {self.tile!r}")
+        if isinstance(self.tile_overlap, bool) or not isinstance(self.tile_overlap, str | int | float):
+            raise JobError(
+                f"tile_overlap must be pixels (e.g. 256) or a fraction (e.g. 0.25), got {self.tile_overlap!r}"
+            )
+        if not _is_number(self.tile_scale):
+            raise JobError(f"tile_scale must be a number > 0, got {self.tile_scale!r}")
+        self.tile_spec()
+
+    def tile_spec(self) -> Any:
+        """The :class:`segbatch.stages.tiling.TileSpec` of a tiled run, None for an untiled one."""
+        if self.tile is None:
+            return None
+        from segbatch.stages.tiling import TileSpec  # torch: only runs that tile pay for it here
+
+        try:
+            return TileSpec.parse(str(self.tile), str(self.tile_overlap), float(self.tile_scale), self.tile_blend)
+        except ValueError as err:
+            raise JobError(str(err)) from None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> JobConfig:
@@ -179,7 +243,8 @@ class JobConfig:
             name = str(key).replace("-", "_")
             if name not in names:
                 raise JobError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(names))}")
-            kwargs[name] = tuple(value) if name in ("extensions", "export_classes") and value is not None else value
+            listed = name in ("extensions", "export_classes") and value is not None
+            kwargs[name] = tuple(value) if listed else value
         missing = [n for n in ("input", "output", "model") if kwargs.get(n) is None]
         if missing:
             raise JobError(f"missing required config value(s): {', '.join(missing)}")
@@ -214,6 +279,23 @@ class JobConfig:
             classes=self.export_classes,
             category_ids_from=self.coco_category_ids,
             storage_options=self.storage_options,
+        )
+
+    def export_settings(self, coco_info: Mapping[str, Any] | None = None, only: str | None = None) -> Any:
+        """How the export forms are written (:class:`segbatch.outputs.exports.ExportSettings`)."""
+        from segbatch.outputs.exports import ExportSettings
+
+        if self.export_limit is not None:
+            _check_int("export_limit", self.export_limit, minimum=1)
+        if self.image_root is not None and (not isinstance(self.image_root, str) or not self.image_root):
+            raise JobError(f"image_root must be a non-empty URL, got {self.image_root!r}")
+        return ExportSettings(
+            coco=self.export_options(),
+            coco_info=dict(coco_info or {}),
+            order=self.export_order,
+            limit=self.export_limit,
+            image_root=self.image_root,
+            only=only,
         )
 
     def public_dict(self) -> dict[str, Any]:

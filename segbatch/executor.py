@@ -86,16 +86,13 @@ class ModelActor:
 
 
 @ray.remote
-def read_slice(
-    todo_holder: list[Any], start: int, stop: int, read_args: tuple[Any, Mapping[str, Any], str, str]
-) -> dict[str, np.ndarray]:
+def read_slice(todo_holder: list[Any], start: int, stop: int, read_args: tuple[Any, ...]) -> dict[str, np.ndarray]:
     """Rows ``start:stop`` of the images to label, read (fetch, decode, resize; or, for
-    ``--decode device``, fetch and check JPEGs, which the model actor decodes).
-    ``read_args``: (preprocess, storage options, high-bit-depth conversion, decode mode)."""
+    ``--decode device``, fetch and check JPEGs, which the model actor decodes). ``read_args``:
+    :func:`segbatch.stages.read.read_batch`'s arguments after the rows."""
     from segbatch.stages.feed import read_rows
 
-    preprocess, storage_options, high_bit_depth, decode_mode = read_args
-    return read_rows(todo_holder, start, stop, preprocess, storage_options, high_bit_depth, decode_mode)  # type: ignore[arg-type]
+    return read_rows(todo_holder, start, stop, *read_args)
 
 
 @ray.remote
@@ -204,7 +201,7 @@ class Executor:
         self,
         num_rows: int,
         todo_ref: Any,
-        read_args: tuple[Any, Mapping[str, Any], str, str],
+        read_args: tuple[Any, ...],
         encode: Callable[[list[Any]], Any],
         group: int,
         counter: CommitCounter,

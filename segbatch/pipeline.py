@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,7 +33,7 @@ from segbatch.driver.summary import RunSummary
 from segbatch.errors import JobError
 from segbatch.executor import ACTOR_TASK_RETRIES, READ_TASK_RETRIES, Executor, encode_commit
 from segbatch.io import fs as fsio
-from segbatch.outputs.coco import rewrite_coco_exports
+from segbatch.outputs.exports import describe, record_exports, stale_forms, write_exports
 from segbatch.outputs.finalize import FinalizeSpec, finalize
 from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS
 from segbatch.outputs.parts import write_part
@@ -106,7 +105,7 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
         ),
     )
     report = False
-    if config.report and metrics["num_labeled"]:
+    if config.report:  # every run: class frequencies and confidence need no labels
         from segbatch.audit.report import AuditOptions, write_report
 
         log.info("audit report: %s", write_report(out, AuditOptions(), metrics=metrics))
@@ -120,25 +119,50 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
         "finalize_s": round(t_end - t_final, 3),
         "total_s": round(t_end - t_start, 3),
     }
-    out.write_json(
-        JOB,
-        {
-            **prep.job,
-            "applied": applied,
-            "layout": layout,
-            "coco_export": export.to_dict(),
-            "status": "complete",
-            "started": first_started,
-            "this_run_started": started,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "images_this_run": todo.num_rows,
-            "images_resumed": len(committed),
-            "timings": timings,
-        },
-    )
+    final = {
+        **prep.job,
+        "applied": applied,
+        "layout": layout,
+        "coco_export": export.to_dict(),
+        "status": "complete",
+        "started": first_started,
+        "this_run_started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images_this_run": todo.num_rows,
+        "images_resumed": len(committed),
+        "timings": timings,
+    }
+    out.write_json(JOB, final)
     fsio.write_bytes_atomic(out.fs, out.path(SUCCESS), b"")
+    notes = (*notes, *_write_extra_forms(config, prep, final, first_started))
     rate = todo.num_rows / (t_final - t_ray) if todo.num_rows and t_final > t_ray else None
     return _summary(config, prep, metrics, todo.num_rows, len(committed), t_end - t_start, rate, report, notes)
+
+
+def _write_extra_forms(config: JobConfig, prep: Prepared, job: dict[str, Any], first_started: str) -> tuple[str, ...]:
+    """The ``--export`` forms (COCO aside: finalize wrote it), from the tables finalize wrote,
+    through the function ``segbatch export`` uses; returns a line per form for the summary.
+
+    They come after ``_SUCCESS``: the run is complete whatever becomes of them, and a form that
+    fails is written later by ``segbatch export`` (or a rerun) with no model run.
+    """
+    forms = [f for f in config.exports if f != "coco"]
+    if not forms:
+        return ()
+    out = prep.out
+    settings = config.export_settings(coco_info(config.model, first_started))
+    t0 = time.perf_counter()
+    try:
+        records = write_exports(out, forms, settings)
+    except JobError as err:
+        raise JobError(
+            f"the run in {config.output} is complete, but writing {', '.join(forms)} failed: {err}; once that is "
+            f"fixed, `segbatch export {config.output} --format {','.join(forms)}` writes them (no model run)"
+        ) from err
+    job = record_exports(job, records, settings)
+    job["timings"] = {**job["timings"], "exports_s": round(time.perf_counter() - t0, 3)}
+    out.write_json(JOB, job)
+    return tuple(describe(form, record["counts"], out) for form, record in records.items())
 
 
 def _input_notes(prep: Prepared) -> tuple[str, ...]:
@@ -165,16 +189,22 @@ def _finished_already(
     files hold are applied now (as ``segbatch export`` does), and job.json records them."""
     out = prep.out
     job = out.read_json(JOB)
-    export = config.export_options()
+    settings = config.export_settings(coco_info(config.model, job.get("started", "")))
     extra = list(notes)
-    if job.get("coco_export") != export.to_dict():
-        counts = rewrite_coco_exports(out, export, coco_info(config.model, job.get("started", "")))
-        message = (
-            f"rewrote the COCO files with the new export options ({counts['annotations']} annotations, "
-            f"{export.segmentation}); no model run"
-        )
-        log.info("output %s already holds this job, complete: %s", config.output, message)
-        extra.append(message)
+    stale = stale_forms(job, ["coco", *(f for f in config.exports if f != "coco")], settings)
+    if stale:
+        records = write_exports(out, stale, settings)
+        out.write_json(JOB, record_exports(job, records, settings))
+        for form, record in records.items():
+            if form == "coco":
+                message = (
+                    f"rewrote the COCO files with the new export options ({record['counts']['annotations']} "
+                    f"annotations, {settings.coco.segmentation}); no model run"
+                )
+            else:
+                message = describe(form, record["counts"], out) + "; no model run"
+            log.info("output %s already holds this job, complete: %s", config.output, message)
+            extra.append(message)
     else:
         log.info("output %s already holds this job, complete: nothing to do", config.output)
     metrics = out.read_json(METRICS)
@@ -303,10 +333,24 @@ def _launch(config: JobConfig) -> _Launched:
         "announce": config.verbose,
         # Label quality needs the class probabilities; only runs with labels pay for them.
         "quality_stride": config.quality_stride if config.labels is not None and config.quality_stride else None,
+        "tiling": _tiling(config, layout),
     }
     # --decode auto: JPEGs go to the model actors as bytes when those have a GPU to decode them.
     decode = config.decode if config.decode != "auto" else ("device" if layout.gpus_per_actor else "host")
     return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings), decode)
+
+
+def _tiling(config: JobConfig, layout: Layout) -> Any:
+    """A tiled run's :class:`segbatch.stages.tiled.TiledRead` for the model actors (None: untiled)."""
+    spec = config.tile_spec()
+    if spec is None:
+        return None
+    from segbatch.stages.tiled import TiledRead
+
+    # Tiles per forward pass as images are batched: the batch on a GPU, one on a CPU (faster there).
+    per_pass = layout.batch_size if layout.gpus_per_actor else 1
+    return TiledRead(spec, dict(config.storage_options), config.high_bit_depth, config.max_image_pixels, per_pass,
+                     config.tile_merge, config.tile_merge_threshold)  # fmt: skip
 
 
 def _nothing_to_do_likely(config: JobConfig) -> bool:
@@ -404,7 +448,10 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         config.stall_timeout,
         ray.nodes,
     )
-    read_args = (loaded.preprocess, so, config.high_bit_depth, start.decode)
+    # read_batch's arguments after the rows: a tiled run reads only the sizes (the actors read
+    # regions); --decode device sends JPEGs to the actors as bytes.
+    read_args = (loaded.preprocess, so, config.high_bit_depth, config.max_image_pixels, config.tile is not None,
+                 start.decode)  # fmt: skip
     todo_ref = ray.put(todo)
     try:
         failed = executor.run(todo.num_rows, todo_ref, read_args, encode, group, counter, monitor)
@@ -438,7 +485,7 @@ def _request(config: JobConfig) -> LayoutRequest:
 
 def label_alone(
     rows: pa.Table,
-    read_args: tuple[Any, Mapping[str, Any], str, str],
+    read_args: tuple[Any, ...],
     predictor_kwargs: dict[str, Any],
     encode_spec: EncodeSpec,
     parts_url: str,
@@ -499,19 +546,19 @@ def label_alone(
 @ray.remote
 def _label_one(
     rows: pa.Table,
-    read_args: tuple[Any, Mapping[str, Any], str, str],
+    read_args: tuple[Any, ...],
     predictor_kwargs: dict[str, Any],
     encode_spec: EncodeSpec,
     parts_url: str,
 ) -> str:
     """read → predict → encode → commit for ``rows`` (one image), in a worker of its own.
-    ``read_args``: (preprocess, storage options, high-bit-depth conversion, decode mode)."""
-    preprocess, so, high_bit_depth, decode_mode = read_args
+    ``read_args``: :func:`segbatch.stages.read.read_batch`'s arguments after the rows."""
+    so = read_args[1]
     batch = {c: np.array(rows.column(c).to_pylist(), dtype=object) for c in rows.column_names}
     from segbatch.stages.actor import RayPredictor
     from segbatch.stages.read import read_batch
 
-    predicted = RayPredictor(**predictor_kwargs)(read_batch(batch, preprocess, so, high_bit_depth, decode_mode))  # type: ignore[arg-type]
+    predicted = RayPredictor(**predictor_kwargs)(read_batch(batch, *read_args))
     return write_part(encode_batch(predicted, encode_spec), parts_url, so)
 
 

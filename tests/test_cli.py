@@ -208,3 +208,20 @@ def test_high_bit_depth_reaches_the_config_and_bad_values_are_named():
     assert config_from_args(build_parser().parse_args([*base, "--high-bit-depth", "full"])).high_bit_depth == "full"
     with pytest.raises(JobError, match="high_bit_depth must be one of range, percentile, full, got 'log'"):
         config_from_args(build_parser().parse_args([*base, "--high-bit-depth", "log"]))
+
+
+def test_tile_flags_reach_the_config_and_bad_values_are_named():
+    from segbatch.cli import build_parser, config_from_args
+    from segbatch.stages.tiling import TileSpec
+
+    base = ["run", "--input", "in", "--output", "out", "--model", "unet"]
+    flags = ["--tile", "768x1024", "--tile-overlap", "0.25", "--tile-scale", "0.5", "--tile-blend", "gaussian"]
+    config = config_from_args(build_parser().parse_args([*base, *flags, "--max-image-pixels", "0"]))
+    assert config.tile_spec() == TileSpec((768, 1024), 0.25, 0.5, "gaussian") and config.max_image_pixels == 0
+    merge = ["--tile", "800", "--tile-merge", "nms", "--tile-merge-threshold", "0.7"]
+    config = config_from_args(build_parser().parse_args([*base, *merge]))
+    assert (config.tile_merge, config.tile_merge_threshold, config.tile_spec().overlap) == ("nms", 0.7, 0)
+    with pytest.raises(JobError, match=r"tile overlap must be pixels \(e.g. 256\) or a fraction .*got '256px'"):
+        config_from_args(build_parser().parse_args([*base, "--tile", "1024", "--tile-overlap", "256px"]))
+    with pytest.raises(JobError, match=r"tile_overlap '64' was given without tile"):
+        config_from_args(build_parser().parse_args([*base, "--tile-overlap", "64"]))

@@ -68,3 +68,37 @@ def test_storage_options_json():
     assert parse_storage_options('{"anon": true}') == {"anon": True}
     with pytest.raises(JobError, match="JSON object"):
         parse_storage_options("[1]")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tile": "big"}, r"tile size must be SIZE or HEIGHTxWIDTH in pixels .*got 'big'"),
+        ({"tile": "0"}, r"tile size must be .*got '0'"),
+        ({"tile": True}, r"tile must be SIZE or HEIGHTxWIDTH .*got True"),
+        ({"tile": "256", "tile_overlap": "256"}, r"tile overlap 256 px must be >= 0 and smaller than the tile 256x256"),
+        ({"tile": "256", "tile_overlap": "1.5"}, r"tile overlap must be pixels .* or a fraction in \[0, 1\).*'1.5'"),
+        ({"tile": "256", "tile_scale": 0}, r"tile scale must be a finite number > 0, got 0"),
+        ({"tile": "256", "tile_scale": "x"}, r"tile_scale must be a number > 0, got 'x'"),
+        ({"tile": "256", "tile_blend": "max"}, r"unknown tile blend 'max'; valid: mean, gaussian"),
+        ({"tile_merge": "union"}, r"tile_merge must be one of nms, merge, got 'union'"),
+        ({"tile_merge_threshold": 0}, r"tile_merge_threshold must be a number in \(0, 1\], got 0"),
+        ({"tile_overlap": 64}, r"tile_overlap 64 was given without tile \(e.g. --tile 1024\)"),
+        ({"tile_blend": "gaussian"}, r"tile_blend 'gaussian' was given without tile"),
+        ({"max_image_pixels": -1}, r"max_image_pixels must be an integer >= 0, got -1"),
+    ],
+)
+def test_bad_tile_options_are_named(values, message):
+    with pytest.raises(JobError, match=message):
+        JobConfig(**{**BASE, **values})
+
+
+def test_tile_options_from_flags_and_yaml_give_one_spec():
+    from segbatch.stages.tiling import TileSpec
+
+    flags = JobConfig(**BASE, tile="768x1024", tile_overlap="0.25", tile_scale=0.5, tile_blend="gaussian")
+    yaml_values = JobConfig.from_mapping({**BASE, "tile": "768x1024", "tile-overlap": 0.25, "tile-scale": 0.5,
+                                          "tile-blend": "gaussian"})  # fmt: skip
+    assert flags.tile_spec() == yaml_values.tile_spec() == TileSpec((768, 1024), 0.25, 0.5, "gaussian")
+    assert JobConfig(**BASE, tile=512, tile_overlap=128).tile_spec() == TileSpec((512, 512), 128)
+    assert JobConfig(**BASE).tile_spec() is None

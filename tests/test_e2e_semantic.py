@@ -235,7 +235,8 @@ def test_masks_decode_to_the_label_maps_shape(result):
     sizes = {r["image_id"]: (r["height"], r["width"]) for r in o["images"]}
     for m in o["masks"][:10]:
         assert decode_rle(m["segmentation"]).shape == sizes[m["image_id"]]
-        assert m["score"] is None
+        # A semantic mask's score: its class's mean top-class probability over its pixels.
+        assert 0.0 < m["score"] <= 1.0
 
 
 def test_an_actor_taking_several_batches_at_once_gives_the_same_outputs(result, tmp_path):

@@ -27,6 +27,7 @@ from segbatch.config import JobConfig, redact_url
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.io.listing import Plan, build_plan, list_images, open_labels, with_manifest_schema
+from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS
 from segbatch.outputs.folder import JOB, MANIFEST, OutDir, check_output, job_identity
 
 if TYPE_CHECKING:  # torch comes with the models: imported in prepare(), in its own thread
@@ -114,7 +115,35 @@ def applicable_options(config: JobConfig, task: str) -> tuple[dict[str, Any], li
                 warnings.append(f"{flag} {getattr(config, name)} applies to instance models; "
                                 f"{config.model!r} is {task}: ignored")  # fmt: skip
             applied[name] = None
+    applied.update(tiling_options(config, task, warnings))
     return applied, warnings
+
+
+def tiling_options(config: JobConfig, task: str, warnings: list[str]) -> dict[str, Any]:
+    """The tiling options as they apply (they change outputs: part of the job's identity). An
+    untiled run at the default pixel limit records them as None, so earlier outputs resume."""
+    spec = config.tile_spec()
+    max_pixels = config.max_image_pixels
+    out: dict[str, Any] = {"max_image_pixels": None if max_pixels == PILLOW_MAX_IMAGE_PIXELS else max_pixels}
+    names = ("tile", "tile_overlap", "tile_scale", "tile_blend", "tile_merge", "tile_merge_threshold")
+    if spec is None:
+        return {**out, **dict.fromkeys(names)}
+    out.update(tile=f"{spec.tile[0]}x{spec.tile[1]}", tile_overlap=spec.overlap, tile_scale=spec.scale)
+    semantic = task == "semantic"
+    out.update(tile_blend=spec.blend if semantic else None)
+    out.update(tile_merge=None if semantic else config.tile_merge)
+    out.update(tile_merge_threshold=None if semantic else config.tile_merge_threshold)
+    defaults = {f.name: f.default for f in dataclasses.fields(JobConfig)}
+    for name, applies in (
+        ("tile_blend", semantic),
+        ("tile_merge", not semantic),
+        ("tile_merge_threshold", not semantic),
+    ):
+        if not applies and getattr(config, name) != defaults[name]:
+            flag = "--" + name.replace("_", "-")
+            warnings.append(f"{flag} {getattr(config, name)} applies to {'semantic' if not semantic else 'instance'} "
+                            f"models; {config.model!r} is {task}: ignored")  # fmt: skip
+    return out
 
 
 def prepare(config: JobConfig) -> Prepared:

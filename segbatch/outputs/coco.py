@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
@@ -29,7 +31,7 @@ from segbatch.categories import PLACEHOLDER, normalize_name, resolve_names
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.masks import decode_rle
-from segbatch.outputs.folder import COCO, IMAGES, JOB, MASKS, RESULTS, OutDir
+from segbatch.outputs.folder import COCO, IMAGES, MASKS, RESULTS, OutDir
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +211,13 @@ def polygon_area_bbox(polygons: list[list[float]], height: int, width: int) -> t
     return float(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
 
 
-def iter_masks(out: OutDir) -> Iterator[dict[str, Any]]:
+def iter_masks(out: OutDir, image_ids: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+    """masks.parquet rows, in file order; ``image_ids``: only the masks of these images."""
+    keep = None if image_ids is None else pa.array(np.asarray(image_ids, np.int64))
     with out.fs.open(out.path(MASKS), "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=_CHUNK):
+            if keep is not None:
+                batch = batch.filter(pc.is_in(batch.column("image_id"), value_set=keep))
             yield from batch.to_pylist()
 
 
@@ -223,16 +229,26 @@ def write_coco_exports(
     background: int | None,
     info: Mapping[str, Any],
     options: ExportOptions,
+    image_ids: np.ndarray | None = None,
+    only: str | None = None,
 ) -> dict[str, int]:
-    """Write ``predictions.coco.json`` and ``predictions.results.json``; returns counts."""
+    """Write ``predictions.coco.json`` and ``predictions.results.json``; returns counts.
+
+    ``image_ids``: ``(N,) int64``, the images to write (default: every image with a size), the
+    subset ``only`` names (recorded in ``info.segbatch_export``).
+    """
+    keep = None if image_ids is None else pa.array(np.asarray(image_ids, np.int64))
     table = category_table(model_categories, background, options)
     polygon = options.segmentation == "polygon"
     counts = {"annotations": 0, "below_min_area": 0, "other_class": 0, "no_polygon": 0}
     with fsio.atomic_open(out.fs, out.path(COCO)) as f, fsio.atomic_open(out.fs, out.path(RESULTS)) as fr:
-        writer = CocoWriter(f, {**info, "segbatch_export": options.to_dict()})
+        recorded = {**options.to_dict(), **({"only": only} if only is not None else {})}
+        writer = CocoWriter(f, {**info, "segbatch_export": recorded})
         with out.fs.open(out.path(IMAGES), "rb") as fi:
             columns = ["image_id", "file_name", "width", "height"]
             for batch in pq.ParquetFile(fi).iter_batches(batch_size=_CHUNK, columns=columns):
+                if keep is not None:
+                    batch = batch.filter(pc.is_in(batch.column("image_id"), value_set=keep))
                 for im in batch.to_pylist():
                     if im["width"] is not None:  # an undecodable image has no size to declare
                         writer.image(
@@ -245,7 +261,7 @@ def write_coco_exports(
                         )
         fr.write(b"[")
         first = True
-        for m in iter_masks(out):
+        for m in iter_masks(out, image_ids):
             if m["category"] not in table.ids:
                 counts["other_class"] += 1
                 continue
@@ -296,24 +312,4 @@ def write_coco_exports(
             options.polygon_tolerance,
             COCO,
         )
-    return counts
-
-
-def rewrite_coco_exports(out: OutDir, options: ExportOptions, info: Mapping[str, Any]) -> dict[str, int]:
-    """Rewrite a finished run's COCO files with ``options`` (no model run) and record in job.json
-    what was written (``coco_export``, and the export keys of ``config``), so that job.json says
-    what the files hold. Returns the counts of :func:`write_coco_exports`."""
-    job = out.read_json(JOB)
-    model = job["model"]
-    counts = write_coco_exports(
-        out,
-        task=model["task"],
-        model_categories=tuple(model["categories"]),
-        background=model["background"],
-        info=info,
-        options=options,
-    )
-    job["coco_export"] = options.to_dict()
-    job["config"] = {**job.get("config", {}), **options.config_values()}
-    out.write_json(JOB, job)
     return counts

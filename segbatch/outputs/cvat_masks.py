@@ -177,8 +177,10 @@ def _info(name: str, compress: bool) -> zipfile.ZipInfo:
     return info
 
 
-def write_cvat_masks(out: OutDir, options: CvatMasksOptions) -> dict[str, int]:
+def write_cvat_masks(out: OutDir, options: CvatMasksOptions, image_ids: np.ndarray | None = None) -> dict[str, int]:
     """Write ``cvat-masks/`` and ``cvat-masks.zip`` (module docstring); returns counts.
+
+    ``image_ids``: ``(N,) int64``, the images to list (default: every image with a size).
 
     Counts: ``items`` (listed images), ``pngs`` (images with masks), ``instances`` (visible
     instances painted), ``hidden`` (instances covered entirely by higher scores),
@@ -202,7 +204,7 @@ def write_cvat_masks(out: OutDir, options: CvatMasksOptions) -> dict[str, int]:
     ):
         writer = _Writer(out, archive)
         writer.put(LABELMAP, text.encode(), compress=True)
-        for im, masks in iter_images_with_masks(out, columns=("image_id", "file_name")):
+        for im, masks in iter_images_with_masks(out, keep=image_ids, columns=("image_id", "file_name")):
             name = item_id(im["file_name"])
             ids.write(name.encode() + b"\n")
             counts["items"] += 1

@@ -16,15 +16,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segbatch.categories import EvalSpace, QualitySpace
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.outputs.coco import ExportOptions, write_coco_exports
 from segbatch.outputs.folder import IMAGES, MASKS, METRICS, OutDir
+from segbatch.outputs.label_quality import LabelQuality
 from segbatch.outputs.parts import compact_parts, merge_parts
 from segbatch.outputs.run_metrics import RunMetrics, coco_mask_ap
 from segbatch.outputs.schema import IMAGES_SCHEMA, MASKS_SCHEMA
-from segbatch.quality import ImageEvidence, IssueCut, IssueTotals, QualityReducer
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def finalize(out: OutDir, manifest_ids: set[int], spec: FinalizeSpec) -> dict[st
     """Write the final tables, the COCO exports and metrics.json; returns the metrics."""
     # Few, large parts: the merge below then opens a bounded number of files.
     compact_parts(out)
-    quality = _LabelQuality.reduce(out, manifest_ids, spec.eval_classes)
+    quality = LabelQuality.reduce(out, manifest_ids, spec.eval_classes)
     acc = RunMetrics(spec.eval_classes)
     seen: set[int] = set()
     next_ann = 1
@@ -101,44 +100,3 @@ def finalize(out: OutDir, manifest_ids: set[int], spec: FinalizeSpec) -> dict[st
         metrics["coco_segm"] = coco_mask_ap(out, spec.eval_classes["matched"], spec.coco_labels, sorted(seen))
     out.write_json(METRICS, metrics)
     return metrics
-
-
-class _LabelQuality:
-    """Label issues need the whole run before any pixel is flagged (per-class thresholds, the
-    dataset's issue count): a first pass over the parts' evidence alone reduces them with memory
-    independent of the number of images (segbatch.quality.QualityReducer); the main pass then
-    flags each image from its own evidence."""
-
-    def __init__(self, cut: IssueCut, names: tuple[str, ...]) -> None:
-        self.cut = cut
-        self.names = names
-        self.totals = IssueTotals(len(names))
-
-    @classmethod
-    def reduce(cls, out: OutDir, manifest_ids: set[int], eval_classes: Mapping[str, Any]) -> _LabelQuality | None:
-        reducer: QualityReducer | None = None
-        for row in merge_parts(out, out.part_files(), columns=["quality_evidence"]):
-            if row["quality_evidence"] is None or row["image_id"] not in manifest_ids:
-                continue
-            ev = ImageEvidence.from_bytes(row["quality_evidence"])
-            reducer = reducer or QualityReducer(ev.num_classes)
-            reducer.add(ev)
-        if reducer is None:
-            return None
-        names = QualitySpace.of(EvalSpace.from_dict(eval_classes)).names
-        return cls(reducer.finish(), names)
-
-    def flag(self, row: dict[str, Any], evidence: bytes) -> None:
-        """Fill one image row's label_issue_* columns."""
-        issues = self.cut.flag(ImageEvidence.from_bytes(evidence))
-        self.totals.add(issues)
-        row["label_issue_pixels"] = issues.flagged
-        row["label_issue_share"] = issues.share
-        row["label_issue_swaps"] = [
-            {"given": self.names[a], "predicted": self.names[b], "pixels": n} for a, b, n in issues.swap_list()
-        ]
-        rle = issues.rle()
-        row["label_issue_mask"] = {"size": rle["size"], "counts": rle["counts"]}
-
-    def metrics(self) -> dict[str, Any]:
-        return self.totals.metrics(self.cut, self.names)

@@ -32,7 +32,6 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -42,6 +41,7 @@ from segbatch.io import fs as fsio
 from segbatch.masks import decode_rle
 from segbatch.outputs.coco import dumps
 from segbatch.outputs.folder import IMAGES, JOB, MASKS, OutDir
+from segbatch.outputs.selection import ONLY, ORDERS, resolved_order, select_images
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ TASKS = "tasks.json"
 CONFIG = "config.xml"
 FROM_NAME = "label"  # the BrushLabels tag
 TO_NAME = "image"  # the Image tag; also the task data key ($image)
-ORDERS = ("image-id", "least-confident", "most-confident")
 LOCAL_FILES = "/data/local-files/?d="
 # URL prefixes Label Studio resolves itself: cloud URIs through a source storage of the
 # project, http(s) as they are, paths on its own host (local files) relative to it.
@@ -64,9 +63,11 @@ _RUNS_AT_ONCE = 1 << 16
 class LabelStudioOptions:
     """What goes into the Label Studio export.
 
-    order: ``image-id`` (default), ``least-confident`` or ``most-confident`` (needs the
-        ``confidence`` column of images.parquet; images without one come last).
+    order: ``image-id``, ``least-confident``, ``most-confident`` or ``label-quality``
+        (:mod:`segbatch.outputs.selection`); None: ``image-id``, or ``label-quality`` with
+        ``only="label-issues"``.
     limit: keep the first ``limit`` tasks of that order (None: all).
+    only: ``label-issues``: only images whose label was flagged by label quality (None: all).
     image_root: URL prefix that replaces the input root in image URLs, e.g.
         ``s3://bucket/photos``, ``https://cdn.example.com/photos`` or
         ``/data/local-files/?d=photos``. Default: cloud and http(s) inputs keep their URI;
@@ -76,16 +77,19 @@ class LabelStudioOptions:
     min_area: masks with fewer pixels are left out.
     """
 
-    order: str = "image-id"
+    order: str | None = None
     limit: int | None = None
     image_root: str | None = None
     classes: tuple[str, ...] | None = None
     min_area: int = 0
+    only: str | None = None
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
+        if self.order is not None and self.order not in ORDERS:
             raise JobError(f"label studio order {self.order!r} is not one of {list(ORDERS)}")
-        if self.limit is not None and self.limit < 1:
+        if self.only is not None and self.only not in ONLY:
+            raise JobError(f"label studio only {self.only!r} is not one of {list(ONLY)}")
+        if self.limit is not None and (type(self.limit) is not int or self.limit < 1):  # bool is no count
             raise JobError(f"label studio limit {self.limit!r} must be >= 1 task (or none for all)")
         if self.image_root is not None and not self.image_root.startswith((*CLOUD_SCHEMES, *WEB_SCHEMES, "/")):
             raise JobError(
@@ -182,6 +186,20 @@ def brush_rle(mask: np.ndarray) -> list[int]:
     return np.packbits(bits).tolist()
 
 
+def check_image_source(input_url: str, image_root: str | None) -> None:
+    """Raise :class:`JobError` before a run when Label Studio could not load its images: an input
+    whose URLs it cannot resolve (``hf://``, ``memory://``…) and no ``image_root``."""
+    if (
+        image_root is None
+        and "://" in input_url
+        and not input_url.startswith((*CLOUD_SCHEMES, *WEB_SCHEMES, "file://"))
+    ):
+        raise JobError(
+            f"Label Studio cannot load images of input {input_url!r}: pass an image root it can resolve "
+            f"(s3://…, gs://…, azure-blob://…, http(s)://… or {LOCAL_FILES}<folder>)"
+        )
+
+
 def image_url(uri: str, file_name: str, image_root: str | None) -> str:
     """The URL Label Studio loads an image from (see :class:`LabelStudioOptions` ``image_root``)."""
     if image_root is not None:
@@ -224,34 +242,6 @@ def model_version(model: dict[str, Any]) -> str:
 def image_columns(out: OutDir) -> list[str]:
     with out.fs.open(out.path(IMAGES), "rb") as f:
         return list(pq.ParquetFile(f).schema_arrow.names)
-
-
-def select_images(out: OutDir, order: str, limit: int | None) -> np.ndarray:
-    """``(N,) int64`` image_ids of the images that have a size, in ``order``, cut to ``limit``."""
-    has_confidence = "confidence" in image_columns(out)
-    if order != "image-id" and not has_confidence:
-        raise JobError(
-            f"order {order!r} needs the confidence column of {IMAGES}, which this run does not have "
-            f"(written by an older segbatch); valid orders for it: ['image-id']"
-        )
-    columns = ["image_id", "width", *(["confidence"] if has_confidence else [])]
-    ids, conf = [], []
-    with out.fs.open(out.path(IMAGES), "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=64 * _CHUNK, columns=columns):
-            sized = batch.filter(pc.is_valid(batch.column("width")))
-            ids.append(sized.column("image_id").to_numpy(zero_copy_only=False).astype(np.int64))
-            if has_confidence:
-                c = sized.column("confidence").cast(pa.float64()).fill_null(np.nan)
-                conf.append(c.to_numpy(zero_copy_only=False))
-    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    if order == "image-id":
-        chosen = np.sort(all_ids)
-    else:
-        c = np.concatenate(conf) if conf else np.zeros(0)
-        missing = np.isnan(c)
-        key = np.where(missing, 0.0, c if order == "least-confident" else -c)
-        chosen = all_ids[np.lexsort((all_ids, key, missing))]  # last key sorts first: images without confidence last
-    return chosen if limit is None else chosen[:limit]
 
 
 def iter_images_with_masks(
@@ -367,7 +357,7 @@ def write_label_studio(out: OutDir, options: LabelStudioOptions) -> dict[str, in
     model = out.read_json(JOB)["model"]
     labels = export_labels(model["categories"], model["background"], options.classes)
     version = model_version(model)
-    order = select_images(out, options.order, options.limit)
+    order = select_images(out, options.order, options.limit, options.only)
     counts = {"tasks": 0, "results": 0, "other_class": 0, "below_min_area": 0, "no_size": 0}
     keep_mask = mask_filter(labels, options.min_area, counts)
     columns = ["image_id", "file_name", "uri", *(["confidence"] if "confidence" in image_columns(out) else [])]
@@ -381,7 +371,7 @@ def write_label_studio(out: OutDir, options: LabelStudioOptions) -> dict[str, in
     fsio.write_bytes_atomic(out.fs, out.path(LABEL_STUDIO_DIR, CONFIG), labeling_config(labels).encode())
     with fsio.atomic_open(out.fs, out.path(LABEL_STUDIO_DIR, TASKS)) as f:
         f.write(b"[")
-        if options.order == "image-id":
+        if resolved_order(options.order, options.only) == "image-id":
             for _, text in tasks():
                 _append(f, text, counts)
         else:

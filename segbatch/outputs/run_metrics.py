@@ -22,6 +22,7 @@ from segbatch.errors import JobError
 from segbatch.io import fs as fsio
 from segbatch.metrics import DiceEvaluator
 from segbatch.outputs.folder import IMAGES, JOB, MASKS, OutDir
+from segbatch.outputs.label_quality import recompute_label_quality
 
 _ROW_COLUMNS = ["image_id", "status", "error", "labeled", "num_masks", "class_stats", "confusion"]
 
@@ -120,6 +121,9 @@ def recompute_metrics(out: OutDir) -> dict[str, Any]:
         acc.add(row)
         image_ids.append(row["image_id"])
     doc = acc.result()
+    quality = recompute_label_quality(out, set(image_ids), job["eval_classes"])
+    if quality is not None:
+        doc["label_quality"] = quality
     labels = job["config"].get("labels")
     if job["model"]["task"] == "instance" and job["labels"]["kind"] == "coco" and labels:
         doc["coco_segm"] = coco_mask_ap(out, job["eval_classes"]["matched"], labels, image_ids)

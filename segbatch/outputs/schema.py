@@ -19,7 +19,7 @@ SEGMENTATION_TYPE = pa.struct(
 MASK_FIELDS = [
     pa.field("category_id", pa.int32()),
     pa.field("category", pa.string()),
-    pa.field("score", pa.float32()),  # null for semantic models
+    pa.field("score", pa.float32()),  # instance score; semantic: mean top-class probability
     pa.field("area", pa.int64()),
     pa.field("bbox", pa.list_(pa.float64(), 4)),  # [x, y, w, h]
     pa.field("segmentation", SEGMENTATION_TYPE),

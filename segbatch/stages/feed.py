@@ -15,6 +15,7 @@ import pyarrow as pa
 import ray
 
 from segbatch.io.images import HighBitDepth
+from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS
 from segbatch.models.preprocess import Preprocess
 from segbatch.stages.read import read_batch
 
@@ -26,6 +27,8 @@ def read_rows(
     preprocess: Preprocess,
     storage_options: Mapping[str, Any] | None = None,
     high_bit_depth: HighBitDepth = "range",
+    max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS,
+    tiled: bool = False,
     decode_mode: str = "host",
 ) -> dict[str, np.ndarray]:
     """Rows ``start:stop`` of the images to label, read (see :func:`read_batch`).
@@ -34,7 +37,7 @@ def read_rows(
     keeps Ray from resolving (and copying) it when the task is built.
     """
     rows = manifest_rows(todo_holder, start, stop)
-    return read_batch(rows, preprocess, storage_options, high_bit_depth, decode_mode)
+    return read_batch(rows, preprocess, storage_options, high_bit_depth, max_image_pixels, tiled, decode_mode)
 
 
 def manifest_rows(todo_holder: list[Any], start: int, stop: int) -> dict[str, np.ndarray]:

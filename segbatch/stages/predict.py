@@ -23,6 +23,7 @@ exported program or plugin: this stage does not know which); its adapters return
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segbatch.errors import ImageError
 from segbatch.models.bundle import ModelBundle, ModelOptions
 from segbatch.models.registry import get_model_spec
 from segbatch.models.resolve import ResolvedModel, load_bundle
@@ -40,6 +42,7 @@ from segbatch.models.weights import ResolvedWeights, load_model
 from segbatch.stages.classmap import resampled_grid, upsampled_argmax_batch
 from segbatch.stages.cpu_clock import stage_clock
 from segbatch.stages.device_decode import decode_resize
+from segbatch.stages.tiled import TiledRead, detect_tiled, label_tiled
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class Predictor:
         worker: str | None = None,
         model: ResolvedModel | Callable[[], ResolvedModel] | None = None,
         quality_stride: int | None = None,
+        tiling: TiledRead | None = None,
     ) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -126,6 +130,10 @@ class Predictor:
         # Runs with labels: class probabilities at every quality_stride-th pixel of the class
         # map's grid, for the label-quality evidence (segbatch.quality) the encode stage makes.
         self.quality_stride = quality_stride
+        # Tiled runs (large images): each image is read by region here and run tile by tile.
+        if tiling is not None and self.bundle.max_batch:
+            tiling = dataclasses.replace(tiling, tiles_per_pass=min(tiling.tiles_per_pass, self.bundle.max_batch))
+        self.tiling = tiling
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["status"])
@@ -138,6 +146,18 @@ class Predictor:
         semantic = self.bundle.task == "semantic"
         results: list[Any] = [None] * n
         ok = [i for i in range(n) if status[i] == "ok"]
+        if self.tiling is not None:
+            for i in ok:
+                t0 = time.perf_counter()
+                try:
+                    results[i], read_s = self._tiled(str(batch["uri"][i]))
+                    t_read[i] += read_s
+                except ImageError as err:
+                    status[i], error[i], read_s = "error", str(err), 0.0
+                except Exception as err:
+                    status[i], error[i], read_s = "error", f"predict: {type(err).__name__}: {err}", 0.0
+                t_predict[i] = time.perf_counter() - t0 - read_s
+            ok = []
         # Group images of one input shape: stacking them is exact, where padding to a common
         # size would change the model's output near borders and in global pooling.
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -230,8 +250,33 @@ class Predictor:
                 return self._semantic(batch, idx)
             return self._instance(batch, idx)
 
-    def _semantic(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[SemanticResult]:
-        x = self._to_device([batch["image"][i] for i in idx])
+    def _tiled(self, uri: str) -> tuple[Any, float]:
+        """One image, tile by tile (:mod:`segbatch.stages.tiled`); and the seconds spent reading."""
+        assert self.tiling is not None
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None),
+        ):
+            if self.bundle.task != "semantic":
+                return detect_tiled(uri, self.tiling, self.preprocess, self._detect)
+            out = label_tiled(uri, self.tiling, self.preprocess, self._logits, len(self.bundle.categories),
+                              self.device, UNCERTAIN_MARGIN)  # fmt: skip
+        # No coarse confidence image and no label-quality probabilities for a tiled image: the
+        # tiles' coarse grids do not form one image, and probabilities at every 4th pixel of a
+        # 400 MP image would be ~1 GB (README "Large images").
+        empty = np.zeros((0, 0), np.uint8)
+        result = SemanticResult(out.label_map, empty, out.confidence, out.uncertain_share, out.class_scores, None)
+        return result, out.t_read
+
+    def _detect(self, tiles: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Any]:
+        """Tiles ``(3, h, w) uint8`` → the bundle's instances per tile at ``sizes`` (each window's)."""
+        images = [self.preprocess.normalize(torch.from_numpy(t)[None].to(self.device))[0] for t in tiles]
+        assert self.bundle.instance is not None  # ModelBundle.check sets the default
+        return self.bundle.instance(self.module, images, sizes, self.options)
+
+    def _logits(self, images: list[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """``N`` images ``(3, h, w) uint8`` of one shape → the bundle's logits ``(N, C, h', w')`` and ``via``."""
+        x = self._to_device(images)
         x = self.preprocess.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -239,7 +284,10 @@ class Predictor:
         # The bundle's adapter: logits at any size, and where the model's forward ends with
         # its own upsampling to the input size, the logits before it and that size (``via``):
         # the class map then resamples only where classes meet, through both steps.
-        logits, via = self.bundle.semantic(self.module, x)
+        return self.bundle.semantic(self.module, x)
+
+    def _semantic(self, batch: dict[str, np.ndarray], idx: list[int]) -> list[SemanticResult]:
+        logits, via = self._logits([batch["image"][i] for i in idx])
         if logits.dim() != 4 or logits.shape[0] != len(idx):
             raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, expected (N, C, h, w)")
         if logits.shape[1] != len(self.bundle.categories):
@@ -269,14 +317,16 @@ class Predictor:
         probs = torch.softmax(logits.float(), dim=1)
         top2 = probs.topk(2, dim=1).values
         top = top2[:, 0]
-        confidence = top.mean(dim=(1, 2))
-        uncertain = ((top - top2[:, 1]) < UNCERTAIN_MARGIN).float().mean(dim=(1, 2))
+        # Sums in float64: a float32 reduction's order depends on the batch and the thread
+        # count, and the same image must give the same figures whatever the layout.
+        confidence = top.double().mean(dim=(1, 2))
+        uncertain = ((top - top2[:, 1]) < UNCERTAIN_MARGIN).double().mean(dim=(1, 2))
         full = F.interpolate(top[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         c = logits.shape[1]
         results = []
         for k in range(len(maps)):
             flat = maps[k].flatten().long()
-            sums = torch.bincount(flat, weights=full[k].flatten(), minlength=c)
+            sums = torch.bincount(flat, weights=full[k].flatten().double(), minlength=c)
             counts = torch.bincount(flat, minlength=c).clamp(min=1)
             grid = None
             if self.quality_stride:

@@ -216,6 +216,10 @@ def resample_logits(logits: torch.Tensor, size: tuple[int, int], via: tuple[int,
     z = logits.float()[None]
     if via is not None:
         z = F.interpolate(z, size=via, mode="bilinear", align_corners=False)
+    if tuple(z.shape[-2:]) == tuple(size):
+        # A resize to the same size is the identity (each output pixel takes one source pixel
+        # with weight 1): skipped, e.g. for tiles at scale 1.0 whose via is the window's size.
+        return z[0]
     return F.interpolate(z, size=size, mode="bilinear", align_corners=False)[0]
 
 

@@ -69,9 +69,9 @@ def test_a_run_with_labels_writes_its_report_with_the_runs_figures(finished):
     assert len(worst) == 12
     for p in pictures:
         assert (finished / p).stat().st_size > 0, p
-    # The worst images come in ascending per-image Dice, the lowest of the run first.
-    rows = [r for r in pq.read_table(finished / "images.parquet").to_pylist() if r["dice"] is not None]
-    lowest = sorted(rows, key=lambda r: (r["dice"], r["image_id"]))[:12]
+    # The ranked images come in ascending label quality (the default ranking of a run that has it).
+    rows = [r for r in pq.read_table(finished / "images.parquet").to_pylist() if r["label_quality"] is not None]
+    lowest = sorted(rows, key=lambda r: (r["label_quality"], r["image_id"]))[:12]
     assert [int(p.split("-")[1].split(".")[0]) for p in worst] == [r["image_id"] for r in lowest]
 
 
@@ -148,7 +148,7 @@ def test_report_opens_in_headless_chromium_from_disk_and_over_http(finished, tmp
                 sizes = page.eval_on_selector_all(
                     "img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
                 )
-                assert len(sizes) == 15
+                assert len(sizes) == 29  # 5 charts, 12 least confident, 12 ranked by label quality
                 broken = [s for s in sizes if not (s[1] and s[2] > 0)]
                 assert not broken, broken
                 shot = tmp_path / f"report-{k}.png"

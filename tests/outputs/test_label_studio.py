@@ -326,7 +326,10 @@ def test_ordering_by_confidence_needs_the_column(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"order": "random"}, "order 'random' is not one of ['image-id', 'least-confident', 'most-confident']"),
+        (
+            {"order": "random"},
+            "order 'random' is not one of ['image-id', 'least-confident', 'most-confident', 'label-quality']",
+        ),
         ({"limit": 0}, "limit 0 must be >= 1"),
         ({"image_root": "ftp://host/x"}, "image root 'ftp://host/x' is not a URL Label Studio can resolve"),
         ({"min_area": -1}, "minimum mask area -1"),

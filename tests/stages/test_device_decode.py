@@ -171,12 +171,13 @@ def test_class_maps_and_error_rows_equal_the_host_path(tmp_path, unet):
 
 
 def test_an_image_too_large_to_decode_safely_is_the_same_error_row(tmp_path, unet, monkeypatch):
-    """Pillow's decompression-bomb limit, checked from the header: the host path reports it."""
+    """The pixel limit (--max-image-pixels, Pillow's bomb guard), checked from the header: the
+    host path reports it."""
     batch = _write(tmp_path, {"big.jpg": _jpeg(_photo(), quality=90)})
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)
     assert jpeg_header((tmp_path / "big.jpg").read_bytes()) is None
-    host = unet(read_batch(batch, unet.preprocess, decode_mode="host"))
-    device = unet(read_batch(batch, unet.preprocess, decode_mode="device"))
+    host = unet(read_batch(batch, unet.preprocess, max_image_pixels=20_000, decode_mode="host"))
+    device = unet(read_batch(batch, unet.preprocess, max_image_pixels=20_000, decode_mode="device"))
     assert host["error"][0].startswith("decode: image too large to decode safely")
     assert device["error"][0] == host["error"][0]
 

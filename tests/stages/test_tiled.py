@@ -1,0 +1,80 @@
+"""The model actor's tiled path in-process: TIFF read by region gives what the decoded-once image
+gives, the read stage of a tiled run reads only headers, and bad files become error rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from segbatch.models.resolve import resolve_model
+from segbatch.stages.predict import Predictor
+from segbatch.stages.read import read_batch
+from segbatch.stages.tiled import TiledRead
+from segbatch.stages.tiling import TileSpec
+
+SAMPLE = Path(__file__).resolve().parents[2] / "segbatch" / "data" / "sample" / "images"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Iterator[Predictor]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    spec = TileSpec((64, 80), 16, 0.75, "gaussian")
+    yield Predictor(model=resolve_model("unet", "DEFAULT"), device="cpu", tiling=TiledRead(spec, tiles_per_pass=3))
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiled")
+    rgb = np.asarray(Image.open(SAMPLE / "shapes_0002.jpg").convert("RGB"))  # 150x200
+    assert rgb.shape == (150, 200, 3)
+    out = {"png": root / "a.png", "tiff": root / "a.tif", "striped": root / "s.tif"}
+    Image.fromarray(rgb).save(out["png"])
+    tifffile.imwrite(out["tiff"], rgb, tile=(32, 48), photometric="rgb")
+    tifffile.imwrite(out["striped"], rgb, rowsperstrip=7, photometric="rgb")
+    (root / "bad.jpg").write_bytes(b"\xff\xd8not really")
+    out["bad"] = root / "bad.jpg"
+    out["missing"] = root / "missing.png"
+    return out
+
+
+def _predict(predictor: Predictor, *paths: Path, max_image_pixels: int = 0) -> dict[str, np.ndarray]:
+    uris = np.array([str(p) for p in paths], dtype=object)
+    batch = read_batch({"uri": uris}, predictor.preprocess, max_image_pixels=max_image_pixels, tiled=True)
+    assert all(np.asarray(im).shape == (3, 0, 0) for im in batch["image"])  # only the size was read
+    return predictor(batch)
+
+
+def test_tiff_by_region_equals_the_image_decoded_once(predictor, files):
+    out = _predict(predictor, files["png"], files["tiff"], files["striped"])
+    assert list(out["status"]) == ["ok"] * 3, list(out["error"])
+    assert (int(out["height"][0]), int(out["width"][0])) == (150, 200)
+    reference = out["label_map"][0]
+    assert reference.shape == (150, 200) and len(np.unique(reference)) > 1
+    for k in (1, 2):
+        assert np.array_equal(out["label_map"][k], reference)
+        assert out["confidence"][k] == out["confidence"][0]
+    assert 0.0 < out["confidence"][0] <= 1.0 and 0.0 <= out["uncertain_share"][0] <= 1.0
+    scores = out["class_scores"][0]
+    assert scores.shape == (4,) and all(0.0 < scores[c] <= 1.0 for c in np.unique(reference))
+    assert all(out["t_read"] > 0) and all(out["t_predict"] > 0)
+    assert out["top_prob"][0].size == 0  # no confidence image for a tiled image (README "Large images")
+
+
+def test_bad_files_and_oversized_images_are_error_rows(predictor, files):
+    out = _predict(predictor, files["bad"], files["missing"], files["tiff"], max_image_pixels=150 * 200 - 1)
+    assert list(out["status"]) == ["error"] * 3
+    assert out["error"][0].startswith("decode: cannot read the image size"), out["error"][0]
+    assert out["error"][1].startswith("read: cannot read"), out["error"][1]
+    assert out["error"][2] == (
+        "decode: image too large to decode safely: 150x200 = 30000 pixels exceeds max_image_pixels 29999 "
+        "(raise --max-image-pixels to allow it)"
+    )
+    assert all(m.size == 0 for m in out["label_map"])
