@@ -421,6 +421,7 @@ def segbatch_run(
                     fold_batchnorm=not args.no_fold,
                     precision=args.precision,
                     min_size=args.min_size if name in INSTANCE else None,
+                    decode=args.decode,
                     report=False,
                 )
             )
@@ -480,7 +481,7 @@ def segbatch_as_user(
     watcher = threading.Thread(target=watch, daemon=True)
     ray_tmp = tempfile.mkdtemp(prefix="sbr-", dir="/tmp")
     cmd = [str(Path(sys.executable).parent / "segbatch"), "run", "--input", str(images), "--output", str(out),
-           "--model", name, "--weights", str(ckpt), "--no-report"]  # fmt: skip
+           "--model", name, "--weights", str(ckpt), "--no-report", "--decode", args.decode]  # fmt: skip
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     watcher.start()
@@ -562,6 +563,13 @@ def main() -> None:
     p.add_argument("--min-size", type=int, default=320, help="Mask R-CNN's shorter side (default 320)")
     p.add_argument("--nchw", action="store_true", help="run segbatch with --no-channels-last")
     p.add_argument("--no-fold", action="store_true", help="run segbatch with --no-fold-batchnorm")
+    p.add_argument(
+        "--decode",
+        choices=("auto", "host", "device"),
+        default="auto",
+        help="segbatch's --decode: JPEGs decoded in the read tasks (host) or in the model actor (device); "
+        "default auto: device on a GPU",
+    )
     add_workdir_arg(p)
     args = p.parse_args()
     device = torch.device(
@@ -600,7 +608,9 @@ def main() -> None:
                 f"{args.cpus_per_actor:g} CPU each, torch threads {args.torch_threads}, "
             )
             + f"layout {'nchw' if args.nchw else 'channels_last'}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
-            f"device {device}" + (f" ({torch.cuda.get_device_name(0)}, {args.precision})" if gpu else ""),
+            f"device {device}"
+            + (f" ({torch.cuda.get_device_name(0)}, {args.precision})" if gpu else "")
+            + f", --decode {args.decode}",
             flush=True,
         )
         results: list[tuple[str, Figures]] = []

@@ -102,6 +102,13 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
         "contrast) or full (÷257)",
     ),
     (
+        "--decode",
+        "decode",
+        str,
+        "where JPEGs are decoded and resized: host (read tasks), device (the model actor, its GPU if it "
+        "has one; encoded bytes travel) or auto (default: device when the actors have a GPU)",
+    ),
+    (
         "--max-image-pixels",
         "max_image_pixels",
         int,

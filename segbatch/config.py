@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from segbatch.errors import JobError
-from segbatch.io.images import HIGH_BIT_DEPTHS, HighBitDepth
+from segbatch.io.images import DECODE_MODES, HIGH_BIT_DEPTHS, DecodeMode, HighBitDepth
 from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -90,6 +90,11 @@ class JobConfig:
     # How 16/32-bit grayscale becomes 8-bit (segbatch.io.images): "range" (the image's own
     # min..max), "percentile" (ImageJ's auto contrast) or "full" (÷257).
     high_bit_depth: HighBitDepth = "range"
+    # Where JPEGs are decoded and resized: "host" (the read tasks), "device" (the model actor:
+    # its GPU, or torchvision's CPU decoder on a CPU actor; encoded bytes travel instead of
+    # pixels) or "auto" (device when the actors have a GPU). The same pixels either way, so not
+    # part of the job's identity; job.json's layout records the mode that ran.
+    decode: DecodeMode = "auto"
     # Pixels an image may have (Pillow's decompression-bomb guard, made explicit): more is an
     # error row. Default: Pillow's own limit; 0: no limit.
     max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS
@@ -165,6 +170,8 @@ class JobConfig:
             raise JobError(f"precision must be one of fp32, fp16, bf16, got {self.precision!r}")
         if self.high_bit_depth not in HIGH_BIT_DEPTHS:
             raise JobError(f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTHS)}, got {self.high_bit_depth!r}")
+        if self.decode not in DECODE_MODES:
+            raise JobError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         _check_int("max_image_pixels", self.max_image_pixels, minimum=0)
         self._check_tiling()
         if self.task is not None and self.task not in ("semantic", "instance"):

@@ -70,8 +70,10 @@ class ModelActor:
     def load(self, model_holder: list[Any]) -> str:
         """Build the model from ``[ObjectRef of a ResolvedModel]``; returns where it runs."""
         from segbatch.stages.actor import RayPredictor
+        from segbatch.stages.cpu_clock import mark
 
         self.predictor = RayPredictor(model_holder=model_holder, **self.settings)
+        mark("actor_start")  # bench/overhead.py: its start-up CPU, apart from the per-image cost
         return str(self.predictor.worker)
 
     def predict(self, batch: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
@@ -85,7 +87,8 @@ class ModelActor:
 
 @ray.remote
 def read_slice(todo_holder: list[Any], start: int, stop: int, read_args: tuple[Any, ...]) -> dict[str, np.ndarray]:
-    """Rows ``start:stop`` of the images to label, read (fetch, decode, resize). ``read_args``:
+    """Rows ``start:stop`` of the images to label, read (fetch, decode, resize; or, for
+    ``--decode device``, fetch and check JPEGs, which the model actor decodes). ``read_args``:
     :func:`segbatch.stages.read.read_batch`'s arguments after the rows."""
     from segbatch.stages.feed import read_rows
 
@@ -99,11 +102,15 @@ def encode_commit(
     """Encode predicted batches and commit them as one part file; returns (images, errors)."""
     import pyarrow.compute as pc
 
+    from segbatch.stages.cpu_clock import stage_clock
     from segbatch.stages.encode import encode_batch
     from segbatch.stages.sink import commit_batch
 
-    table = pa.concat_tables([encode_batch(b, spec) for b in batches])
-    committed = commit_batch(table, parts_url, storage_options)
+    images = sum(len(b["status"]) for b in batches)
+    with stage_clock("encode", images):
+        table = pa.concat_tables([encode_batch(b, spec) for b in batches])
+    with stage_clock("write", images):
+        committed = commit_batch(table, parts_url, storage_options)
     ok = committed.column("ok")
     return committed.num_rows, committed.num_rows - (pc.sum(ok).as_py() or 0)
 

@@ -254,6 +254,7 @@ class _StartUp:
     layout: Layout | None = None
     precision: str = "fp32"
     executor: Executor | None = None
+    decode: str = "host"  # where JPEGs are decoded: --decode resolved for the layout
 
     def stop(self) -> None:
         if self.executor is not None:
@@ -299,7 +300,7 @@ def _start(config: JobConfig) -> _StartUp:
         raise outcome
     assert isinstance(outcome, Prepared)
     return _StartUp(outcome, ray_up_s, launched.t_up, launched.cluster, launched.layout, launched.precision,
-                    launched.executor)  # fmt: skip
+                    launched.executor, launched.decode)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +310,7 @@ class _Launched:
     layout: Layout
     precision: str
     executor: Executor
+    decode: str  # "host" or "device"
 
 
 def _launch(config: JobConfig) -> _Launched:
@@ -333,7 +335,9 @@ def _launch(config: JobConfig) -> _Launched:
         "quality_stride": config.quality_stride if config.labels is not None and config.quality_stride else None,
         "tiling": _tiling(config, layout),
     }
-    return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings))
+    # --decode auto: JPEGs go to the model actors as bytes when those have a GPU to decode them.
+    decode = config.decode if config.decode != "auto" else ("device" if layout.gpus_per_actor else "host")
+    return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings), decode)
 
 
 def _tiling(config: JobConfig, layout: Layout) -> Any:
@@ -391,6 +395,7 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         _connect(config.ray_address)
         launched = _launch(config)
         start.cluster, start.layout, start.precision = launched.cluster, launched.layout, launched.precision
+        start.decode = launched.decode
         start.executor, start.t_up = launched.executor, launched.t_up
     executor, layout, cluster = start.executor, start.layout, start.cluster
     assert executor is not None and layout is not None and cluster is not None and start.t_up is not None
@@ -443,8 +448,10 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         config.stall_timeout,
         ray.nodes,
     )
-    # read_batch's arguments after the rows: a tiled run reads only the sizes (the actors read regions).
-    read_args = (loaded.preprocess, so, config.high_bit_depth, config.max_image_pixels, config.tile is not None)
+    # read_batch's arguments after the rows: a tiled run reads only the sizes (the actors read
+    # regions); --decode device sends JPEGs to the actors as bytes.
+    read_args = (loaded.preprocess, so, config.high_bit_depth, config.max_image_pixels, config.tile is not None,
+                 start.decode)  # fmt: skip
     todo_ref = ray.put(todo)
     try:
         failed = executor.run(todo.num_rows, todo_ref, read_args, encode, group, counter, monitor)
@@ -460,7 +467,7 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         settings = {**executor.settings, "model_holder": [ray.put(prep.resolved)]}
         label_alone(left, read_args, settings, encode_spec, parts_url,
                     num_cpus=layout.cpus_per_actor, num_gpus=layout.gpus_per_actor)  # fmt: skip
-    record = {**layout.to_dict(), "precision": start.precision, "cluster": cluster.describe()}
+    record = {**layout.to_dict(), "precision": start.precision, "decode": start.decode, "cluster": cluster.describe()}
     return record, None if first is None else round(first - start.t_up, 3)
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a lent GPU machine, from the repository root, with .whl/ (bench/gpu/wheels.sh) carried:
 # installs Ray and the rest into /tmp/site, then compares model-actor layouts on one GPU
-# against the same ceiling and plain loop, in fp32 and in bf16. Logs go to $OUT (or /tmp/out).
-# At most 7.5 minutes (machine start not included). Extra arguments go to each run.
+# against the same ceiling and plain loop, in fp32, with --decode device and --decode host.
+# Logs go to $OUT (or /tmp/out). At most 7 minutes of runs (410 s; machine start and the
+# install not included). Extra arguments go to each run.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/out}
@@ -23,6 +24,8 @@ bench() {  # log name, time limit (s), bench/throughput.py arguments...
     || echo "$log: stopped with status $? (124: past ${limit} s)" | tee -a "$out/$log.log"
   cleanup
 }
-bench lraspp_fp32 200 --precision fp32 --models lraspp_mobilenet_v3_large --layouts 1x1:1,1x1:2,2x0.5,4x0.25 "$@"
-bench deeplab_fp32 120 --precision fp32 --models deeplabv3_mobilenet_v3_large --layouts 1x1:2,4x0.25 "$@"
-bench lraspp_bf16 120 --precision bf16 --models lraspp_mobilenet_v3_large --layouts 1x1:2,4x0.25 "$@"
+# --decode device (issue 16): JPEG bytes travel, the model actor decodes and resizes them on the
+# GPU; --decode host beside it (the read tasks decode, pixels travel), on the same machine.
+bench lraspp_fp32_device 170 --precision fp32 --decode device --models lraspp_mobilenet_v3_large --layouts 1x1:2,4x0.25 "$@"
+bench lraspp_fp32_host 110 --precision fp32 --decode host --models lraspp_mobilenet_v3_large --layouts 1x1:2 "$@"
+bench deeplab_fp32_device 130 --precision fp32 --decode device --models deeplabv3_mobilenet_v3_large --layouts 1x1:2,4x0.25 "$@"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from segbatch.errors import ImageError
 
@@ -30,6 +30,12 @@ _PIL_CONVERTIBLE = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGB
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 HighBitDepth = Literal["range", "percentile", "full"]
+# Where JPEGs are decoded: in the read tasks (host), in the model actor (device: its GPU, or
+# torchvision's CPU decoder on a CPU actor), or device when the actors have a GPU (auto).
+DecodeMode = Literal["host", "device", "auto"]
+DECODE_MODES: tuple[str, ...] = ("host", "device", "auto")
+# EXIF orientations 2..8 as PIL transposes (ImageOps.exif_transpose's table); 1 is "as stored".
+ORIENTATIONS = range(1, 9)
 HIGH_BIT_DEPTHS: tuple[str, ...] = ("range", "percentile", "full")
 BLANK_LEVELS = 1  # an image whose 8-bit values span at most this many levels is blank (0..1 is black to the eye)
 SATURATED = 0.35  # percent of pixels the percentile mapping saturates, split between both ends (ImageJ's default)
@@ -79,15 +85,64 @@ def decode(data: bytes, high_bit_depth: HighBitDepth = "range") -> Decoded:
     out = convert(img, high_bit_depth)
     rgb = out.rgb
     lo, hi = (int(rgb.min()), int(rgb.max())) if rgb.size else (0, 255)
+    check_blank(lo, hi, out.note)
+    return out
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """What the header of a JPEG that the model actor can decode says (no pixel decoded)."""
+
+    height: int  # after EXIF orientation, as :func:`decode`'s array
+    width: int
+    orientation: int  # EXIF orientation 1..8 that :func:`decode` applies (1: none)
+    note: str | None  # the conversion :func:`decode` reports: "L → RGB" for grayscale, None for RGB
+
+
+def jpeg_header(data: bytes) -> JpegHeader | None:
+    """Check a file from its header alone (format, mode, size, EXIF), for ``--decode device``.
+
+    Returns the header of a JPEG whose pixels torchvision's ``decode_jpeg`` gives exactly as
+    :func:`decode` does (8-bit RGB or grayscale, ending in its EOI marker, within Pillow's
+    decompression-bomb limit, its EXIF block readable); None for anything else — another
+    format, CMYK (Pillow inverts Adobe CMYK), an oversized, odd or unreadable file — which
+    the read task then decodes with :func:`decode` as before, raising the same errors.
+    """
+    if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return None  # not a JPEG, or truncated: the host path says which
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            return None
+        exif = img.getexif()
+        value = exif.get(ExifTags.Base.Orientation, 1)
+        orientation = value if isinstance(value, int) and value in ORIENTATIONS else 1
+        if orientation != 1:
+            # What exif_transpose does to the metadata after turning the pixels: a block it
+            # cannot rewrite fails there (host path: "cannot apply EXIF orientation").
+            del exif[ExifTags.Base.Orientation]
+            exif.tobytes()
+    except Exception:  # Pillow raises many types on odd headers: the host path reports them
+        return None
+    width, height = img.size
+    if orientation >= 5:  # 5..8 swap the axes
+        width, height = height, width
+    return JpegHeader(height, width, orientation, None if img.mode == "RGB" else "L → RGB")
+
+
+def check_blank(lo: int, hi: int, note: str | None = None) -> None:
+    """Raise the blank-image :class:`ImageError` when 8-bit values ``lo..hi`` span at most
+    :data:`BLANK_LEVELS` levels (``note``: the conversion that made them, if any)."""
     if hi - lo <= BLANK_LEVELS:
         # A model's output on a (nearly) constant picture means nothing: never report it as a clean result.
         levels = f"is {lo}" if lo == hi else f"is {lo} or {hi}"
         raise ImageError(
             "decode",
             f"blank image: every pixel {levels} (of 255)"
-            + (f" after {out.note}; choose another --high-bit-depth" if out.note and "→" in out.note else ""),
+            + (f" after {note}; choose another --high-bit-depth" if note and "→" in note else ""),
         )
-    return out
 
 
 def to_rgb(img: Image.Image, high_bit_depth: HighBitDepth = "range") -> np.ndarray:

@@ -125,16 +125,26 @@ class Preprocess:
         v2 ``resize`` calls them on the CPU. ``pillow-*``: ``PIL.Image.resize`` on the RGB image, as
         transformers' PIL backend does.
         """
-        size = self.output_size(int(rgb.shape[0]), int(rgb.shape[1]))
         if self.resample in PILLOW_FILTERS:
+            size = self.output_size(int(rgb.shape[0]), int(rgb.shape[1]))
             chw = _pillow_resize(rgb, size, self.resample)
-        else:
-            chw = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-            if size != (chw.shape[1], chw.shape[2]):
-                chw = _torch_resize(chw, size, self.resample)
+            if self.crop is not None:
+                chw = _center_crop(chw, self.crop, pillow=True)
+            return chw.contiguous().numpy()
+        return self.resize_tensor(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)).contiguous().numpy()
+
+    def resize_tensor(self, chw: torch.Tensor) -> torch.Tensor:
+        """``(3, H, W) uint8`` tensor on any device → ``(3, h, w) uint8`` at the model's input size,
+        by the torch filters alone (:data:`TORCH_FILTERS`): the operations of :meth:`resize_chw`,
+        where the image already is (the model actor's device, for ``--decode device``)."""
+        if self.resample not in TORCH_FILTERS:
+            raise JobError(f"resize_tensor runs the torch filters {', '.join(TORCH_FILTERS)}, not {self.resample!r}")
+        size = self.output_size(int(chw.shape[1]), int(chw.shape[2]))
+        if size != (chw.shape[1], chw.shape[2]):
+            chw = _torch_resize(chw, size, self.resample)
         if self.crop is not None:
-            chw = _center_crop(chw, self.crop, pillow=self.resample in PILLOW_FILTERS)
-        return chw.contiguous().numpy()
+            chw = _center_crop(chw, self.crop, pillow=False)
+        return chw
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, 3, h, w) uint8`` → float32: channel order, rescale, then mean/std if set."""

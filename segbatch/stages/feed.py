@@ -29,6 +29,7 @@ def read_rows(
     high_bit_depth: HighBitDepth = "range",
     max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS,
     tiled: bool = False,
+    decode_mode: str = "host",
 ) -> dict[str, np.ndarray]:
     """Rows ``start:stop`` of the images to label, read (see :func:`read_batch`).
 
@@ -36,7 +37,7 @@ def read_rows(
     keeps Ray from resolving (and copying) it when the task is built.
     """
     rows = manifest_rows(todo_holder, start, stop)
-    return read_batch(rows, preprocess, storage_options, high_bit_depth, max_image_pixels, tiled)
+    return read_batch(rows, preprocess, storage_options, high_bit_depth, max_image_pixels, tiled, decode_mode)
 
 
 def manifest_rows(todo_holder: list[Any], start: int, stop: int) -> dict[str, np.ndarray]:

@@ -12,6 +12,10 @@ size), for an instance model ``inst_masks`` (``(N, H, W) uint8``), ``inst_labels
 ``worker`` (str: where the model ran).
 ``image`` is dropped. A failure in one image becomes that row's error.
 
+Rows the read stage sent as JPEG bytes (``--decode device``: ``encoded``, ``orientation``) are
+decoded and resized here first, on the model's device (:mod:`segbatch.stages.device_decode`);
+the time that takes is added to their ``t_read``. ``encoded`` and ``orientation`` are dropped.
+
 The model is a :class:`~segbatch.models.bundle.ModelBundle` (built-in, Hugging Face, smp,
 exported program or plugin: this stage does not know which); its adapters return the logits
 (semantic) or the instances at the original size (instance).
@@ -36,6 +40,8 @@ from segbatch.models.registry import get_model_spec
 from segbatch.models.resolve import ResolvedModel, load_bundle
 from segbatch.models.weights import ResolvedWeights, load_model
 from segbatch.stages.classmap import resampled_grid, upsampled_argmax_batch
+from segbatch.stages.cpu_clock import stage_clock
+from segbatch.stages.device_decode import decode_resize
 from segbatch.stages.tiled import TiledRead, detect_tiled, label_tiled
 
 log = logging.getLogger(__name__)
@@ -134,11 +140,13 @@ class Predictor:
         status = np.asarray(batch["status"], dtype=object).copy()
         error = np.asarray(batch["error"], dtype=object).copy()
         t_predict = np.zeros(n, dtype=np.float64)
+        t_read = np.asarray(batch.get("t_read", np.zeros(n)), dtype=np.float64).copy()
+        if batch.get("encoded") is not None:
+            batch = self._decode_encoded(batch, status, error, t_read)
         semantic = self.bundle.task == "semantic"
         results: list[Any] = [None] * n
         ok = [i for i in range(n) if status[i] == "ok"]
         if self.tiling is not None:
-            t_read = np.asarray(batch["t_read"], dtype=np.float64).copy()
             for i in ok:
                 t0 = time.perf_counter()
                 try:
@@ -149,7 +157,6 @@ class Predictor:
                 except Exception as err:
                     status[i], error[i], read_s = "error", f"predict: {type(err).__name__}: {err}", 0.0
                 t_predict[i] = time.perf_counter() - t0 - read_s
-            batch = {**batch, "t_read": t_read}
             ok = []
         # Group images of one input shape: stacking them is exact, where padding to a common
         # size would change the model's output near borders and in global pooling.
@@ -164,22 +171,25 @@ class Predictor:
         if self.bundle.max_batch:
             step = min(step, self.bundle.max_batch)
         chunks = [idx[i : i + step] for idx in groups.values() for i in range(0, len(idx), max(step, 1))]
-        for idx in chunks:
-            t0 = time.perf_counter()
-            try:
-                outs: list[Any] = self._run(batch, idx)
-            except Exception as err:
-                # One bad image must not fail its neighbours: retry one by one to find it.
-                outs = [self._try_one(batch, i) for i in idx] if len(idx) > 1 else [err]
-            dt = (time.perf_counter() - t0) / len(idx)
-            for i, out in zip(idx, outs, strict=True):
-                t_predict[i] = dt
-                if isinstance(out, Exception):
-                    status[i], error[i] = "error", f"predict: {type(out).__name__}: {out}"
-                else:
-                    results[i] = out
-        out_batch = {k: v for k, v in batch.items() if k != "image"}
+        with stage_clock("actor_model", len(ok), "thread"):
+            for idx in chunks:
+                t0 = time.perf_counter()
+                try:
+                    outs: list[Any] = self._run(batch, idx)
+                except Exception as err:
+                    # One bad image must not fail its neighbours: retry one by one to find it.
+                    outs = [self._try_one(batch, i) for i in idx] if len(idx) > 1 else [err]
+                dt = (time.perf_counter() - t0) / len(idx)
+                for i, out in zip(idx, outs, strict=True):
+                    t_predict[i] = dt
+                    if isinstance(out, Exception):
+                        status[i], error[i] = "error", f"predict: {type(out).__name__}: {out}"
+                    else:
+                        results[i] = out
+        out_batch = {k: v for k, v in batch.items() if k not in ("image", "encoded", "orientation")}
         out_batch.update(status=status, error=error, t_predict=t_predict, worker=np.full(n, self.worker, dtype=object))
+        if "t_read" in batch:
+            out_batch["t_read"] = t_read
         if semantic:
             none = SemanticResult(np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8), np.nan, np.nan,
                                   np.zeros(0, np.float32), None)  # fmt: skip
@@ -198,6 +208,34 @@ class Predictor:
             out_batch["inst_labels"] = _object_array([r[1] for r in inst])
             out_batch["inst_scores"] = _object_array([r[2] for r in inst])
         return out_batch
+
+    def _decode_encoded(
+        self, batch: dict[str, np.ndarray], status: np.ndarray, error: np.ndarray, t_read: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The batch with the rows sent as JPEG bytes decoded and resized on the device (``image``:
+        ``(3, h, w) uint8`` tensors there); a file that fails gets its error, and no size or
+        conversion, as in the read stage (``status``, ``error`` and ``t_read`` are updated in place)."""
+        encoded = batch["encoded"]
+        images = _object_array(list(batch["image"]))
+        todo = [i for i in range(len(images)) if status[i] == "ok" and encoded[i] is not None]
+        if not todo:
+            return {**batch, "image": images}
+        height, width = np.array(batch["height"]), np.array(batch["width"])
+        conversion = np.array(batch["conversion"], dtype=object)
+        t0 = time.perf_counter()
+        with stage_clock("actor_decode", len(todo), "thread"):
+            decoded = decode_resize(
+                [encoded[i] for i in todo], [int(batch["orientation"][i]) for i in todo], self.preprocess, self.device
+            )
+        dt = (time.perf_counter() - t0) / len(todo)
+        for i, image in zip(todo, decoded, strict=True):
+            t_read[i] += dt
+            if isinstance(image, Exception):
+                status[i], error[i] = "error", str(image)
+                height[i], width[i], conversion[i] = 0, 0, None
+            else:
+                images[i] = image
+        return {**batch, "image": images, "height": height, "width": width, "conversion": conversion}
 
     def _try_one(self, batch: dict[str, np.ndarray], i: int) -> Any:
         try:
@@ -308,13 +346,15 @@ class Predictor:
             for m, t, cf, u, cs, g in results
         ]
 
-    def _to_device(self, images: list[np.ndarray]) -> torch.Tensor:
+    def _to_device(self, images: list[Any]) -> torch.Tensor:
         """``N`` images ``(3, h, w) uint8`` of one shape → ``(N, 3, h, w) uint8`` on the device.
 
         To a GPU they are copied once, straight into pinned memory (the caching host
         allocator reuses it once the copy is done), so that the copy to the device is
         asynchronous and at the bus's speed; stacking first, then pinning, copies twice.
         """
+        if any(isinstance(image, torch.Tensor) for image in images):  # decoded here (--decode device)
+            return torch.stack([_on(image, self.device) for image in images])
         if self.device.type != "cuda":
             return torch.from_numpy(np.stack(images))
         pinned = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
@@ -327,10 +367,7 @@ class Predictor:
         self, batch: dict[str, np.ndarray], idx: list[int]
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         # np.array copies: arrays from Ray's object store are read-only.
-        images = [
-            self.preprocess.normalize(torch.from_numpy(np.array(batch["image"][i]))[None].to(self.device))[0]
-            for i in idx
-        ]
+        images = [self.preprocess.normalize(_on(batch["image"][i], self.device)[None])[0] for i in idx]
         sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in idx]
         assert self.bundle.instance is not None  # ModelBundle.check sets the default
         return self.bundle.instance(self.module, images, sizes, self.options)
@@ -345,6 +382,13 @@ class SemanticResult(NamedTuple):
     uncertain_share: float  # share of coarse pixels whose top two are within UNCERTAIN_MARGIN
     class_scores: np.ndarray  # (C,) float32: mean top probability over each class's pixels
     probs: np.ndarray | None  # (C, ⌈H/s⌉, ⌈W/s⌉) float16 class probabilities every s-th pixel, or None
+
+
+def _on(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An image (numpy from the read stage, or a tensor decoded here) as a tensor on ``device``."""
+    if isinstance(image, torch.Tensor):
+        return image.to(device)
+    return torch.from_numpy(np.array(image)).to(device)  # a copy: object-store arrays are read-only
 
 
 def _object_array(items: Sequence[Any]) -> np.ndarray:
