@@ -88,7 +88,9 @@ def oracle(corrupted: Path) -> dict:
     labels = np.stack([np.asarray(Image.open(corrupted / "masks" / n.replace(".jpg", ".png")))[::STRIDE, ::STRIDE]
                        for n in names]).astype(np.int64)  # fmt: skip
     scores, _ = get_label_quality_scores(labels, probs, verbose=False)
-    issues = find_label_issues(labels, probs, verbose=False)
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and a fork of this process (Ray's
+    # and torch's threads running) can deadlock in the child; one process computes the same.
+    issues = find_label_issues(labels, probs, verbose=False, n_jobs=1)
     return {"names": names, "scores": scores, "issues": issues}
 
 

@@ -10,7 +10,7 @@ Both are written from ``images.parquet`` and ``masks.parquet`` (sorted by image_
   only polygons; holes are filled, as COCO polygons cannot express them.
 * ``predictions.results.json`` — the COCO results form ``[{image_id, category_id,
   segmentation, score}]`` for COCOeval-based pipelines (``COCO.loadRes``); always RLE.
-  Semantic masks get ``score`` 1.0.
+  A semantic mask's ``score`` is its class's mean top-class probability over its pixels.
 """
 
 from __future__ import annotations
@@ -269,7 +269,8 @@ def write_coco_exports(
                 counts["below_min_area"] += 1
                 continue
             cat = table.ids[m["category"]]
-            score = m["score"] if task == "instance" else 1.0
+            # Semantic masks: their class's mean top-class probability; 1.0 in runs made before it.
+            score = 1.0 if m["score"] is None else m["score"]
             rle = m["segmentation"]
             fr.write(
                 (
@@ -299,7 +300,7 @@ def write_coco_exports(
                 "bbox": bbox,
                 "iscrowd": 0 if polygon else 1,
             }
-            if task == "instance":
+            if m["score"] is not None:
                 ann["score"] = m["score"]
             writer.annotation(ann)
             counts["annotations"] += 1
