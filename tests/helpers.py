@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,21 @@ def semantic_maps(out: Path, background: int = 0) -> dict[str, np.ndarray]:
         target[region] = m["category_id"]
     names = {im["image_id"]: im["file_name"] for im in images}
     return {names[i]: lm for i, lm in maps.items()}
+
+
+def assert_same_outputs(a: Any, b: Any, rel: float = 1e-6, path: str = "") -> None:
+    """Nested outputs (dicts, lists, scalars) equal, floats to ``rel``: a model's logits move in
+    their last bits with the thread count (oneDNN splits its reductions by thread), and so do the
+    probabilities averaged from them, while class maps, masks and counts stay exact."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            assert_same_outputs(a[k], b[k], rel, f"{path}.{k}")
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), f"{path}: {len(a)} items != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_outputs(x, y, rel, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=rel) or (math.isnan(a) and math.isnan(b)), f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

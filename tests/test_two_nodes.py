@@ -25,6 +25,7 @@ from segbatch import JobConfig
 from segbatch.pipeline import run
 from segbatch.sample import write_sample_dataset
 from tests.conftest import REPO, ray_head, ray_worker_node
+from tests.helpers import assert_same_outputs
 from tests.test_e2e_resume import stable
 
 pytestmark = pytest.mark.ray
@@ -119,4 +120,5 @@ def test_a_job_spans_two_nodes_and_survives_losing_one(tmp_path, ray_cluster):
     assert all(r["status"] == "ok" for r in rows)
     nodes = {dict(kv.split("=", 1) for kv in r["worker"].split())["node"] for r in rows}
     assert worker_node[:12] in nodes and len(nodes) == 2  # both nodes labeled images that were kept
-    assert stable(out) == stable(reference_out)
+    # Two actors of one torch thread against one of two: the same maps, floats to their last bits.
+    assert_same_outputs(stable(out), stable(reference_out))

@@ -321,12 +321,14 @@ class Predictor:
         # count, and the same image must give the same figures whatever the layout.
         confidence = top.double().mean(dim=(1, 2))
         uncertain = ((top - top2[:, 1]) < UNCERTAIN_MARGIN).double().mean(dim=(1, 2))
-        full = F.interpolate(top[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        # float64 too: the float32 kernel rounds differently in its vector body and scalar tail,
+        # whose positions move with the thread count.
+        full = F.interpolate(top[:, None].double(), size=size, mode="bilinear", align_corners=False)[:, 0]
         c = logits.shape[1]
         results = []
         for k in range(len(maps)):
             flat = maps[k].flatten().long()
-            sums = torch.bincount(flat, weights=full[k].flatten().double(), minlength=c)
+            sums = torch.bincount(flat, weights=full[k].flatten(), minlength=c)
             counts = torch.bincount(flat, minlength=c).clamp(min=1)
             grid = None
             if self.quality_stride:
