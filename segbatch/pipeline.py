@@ -562,10 +562,20 @@ def _label_one(
     return write_part(encode_batch(predicted, encode_spec), parts_url, so)
 
 
+# Ray kills a worker process idle for 1 s once more workers exist than CPUs are free, and the
+# model actors hold most of a small machine's CPUs: every read and encode task then started a
+# new process that imported torch again (~3 s of CPU on 2 cores; SegFormer's batches, 7 s
+# apart, paid it every batch, halving the actor's rate). A cluster segbatch starts keeps idle
+# workers for the job (cluster.yaml sets the same for the clusters it starts).
+IDLE_WORKER_KEEP_MS = 300_000
+LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}
+
+
 def _connect(address: str | None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS, or an already started local one), or
     start a local one without the dashboard (its dozen processes cost a small machine seconds
-    of CPU at start; ``ray start --head`` gives one).
+    of CPU at start; ``ray start --head`` gives one) that keeps idle worker processes
+    (:data:`LOCAL_SYSTEM_CONFIG`).
 
     An explicit ``host:port`` that does not answer stops the run within
     :data:`CONNECT_TIMEOUT_S` seconds, naming the address: ``ray.init`` itself retries forever.
@@ -578,6 +588,7 @@ def _connect(address: str | None) -> None:
     kwargs: dict[str, Any] = {}
     if _starts_local_cluster(address):
         kwargs["include_dashboard"] = False
+        kwargs["_system_config"] = LOCAL_SYSTEM_CONFIG
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, **kwargs)
     interrupt.reinstall()  # ray.init installs a SIGTERM handler of its own
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from segbatch.pipeline import IDLE_WORKER_KEEP_MS
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -45,7 +47,12 @@ class RayCluster:
 
 def _ray_start(args: list[str], log_path: Path, what: str) -> subprocess.Popen:
     """`ray start … --block` in its own process group, once its log says the runtime started."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Idle workers kept as segbatch's own local clusters and cluster.yaml keep them.
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_idle_worker_killing_time_threshold_ms": str(IDLE_WORKER_KEEP_MS),
+    }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [RAY, "start", "--block", "--disable-usage-stats", *args],

@@ -9,6 +9,8 @@ import jsonschema
 import ray.autoscaler
 import yaml
 
+from segbatch.pipeline import IDLE_WORKER_KEEP_MS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,3 +29,10 @@ def test_cluster_has_a_cpu_head_gpu_workers_and_installs_segbatch():
     setup = "\n".join(config["setup_commands"])
     assert "pip install" in setup and "~/segbatch" in setup
     assert "~/segbatch" in config["file_mounts"]
+
+
+def test_nodes_keep_idle_workers_as_segbatchs_local_clusters_do():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        assert f"RAY_idle_worker_killing_time_threshold_ms={IDLE_WORKER_KEEP_MS} ray start" in start, start
