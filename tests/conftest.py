@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from segbatch.pipeline import IDLE_WORKER_KEEP_MS
-
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -47,7 +45,10 @@ class RayCluster:
 
 def _ray_start(args: list[str], log_path: Path, what: str) -> subprocess.Popen:
     """`ray start … --block` in its own process group, once its log says the runtime started."""
-    # Idle workers kept as segbatch's own local clusters and cluster.yaml keep them.
+    # Idle workers kept as segbatch's own local clusters and cluster.yaml keep them. (Imported
+    # here: ray reads RAY_AUTH_MODE, set above, when it is first imported.)
+    from segbatch.pipeline import IDLE_WORKER_KEEP_MS
+
     env = {
         **os.environ,
         "RAY_USAGE_STATS_ENABLED": "0",

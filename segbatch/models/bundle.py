@@ -149,7 +149,10 @@ class ModelBundle:
     folded into convolutions for this module (default: every convolution → BatchNorm pair
     inside a ``Sequential``; None: folding does not apply);
     ``channels_last``: whether NHWC may be used where measured faster; ``max_batch``: images
-    per forward at most (1 for a program exported with a static batch of one).
+    per forward at most (1 for a program exported with a static batch of one); ``cpu_batch``:
+    images per forward pass on a CPU (1 for convolutional networks: LRASPP at 520 px, 2 threads,
+    runs 17 img/s at 1 and 11.5 at 4, its activations falling out of cache; a transformer's
+    attention and linear layers want a few: SegFormer-B0 at 512 px 4.5 img/s at 2, 2.5 at 1).
     ``fast_paths``: what the adapter uses, in words (``segbatch models``, job.json).
     """
 
@@ -165,6 +168,7 @@ class ModelBundle:
     fold: FoldFn | None = fold_batchnorm
     channels_last: bool = True
     max_batch: int | None = None
+    cpu_batch: int = 1
     fast_paths: str = ""
     weights_source: str = ""
     weights_sha256: str | None = None

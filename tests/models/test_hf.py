@@ -95,6 +95,21 @@ def test_semantic_heads_agree_with_the_transformers_recipe(models, tmp_path, nam
     assert ratio >= 0.999
 
 
+def test_an_images_result_does_not_depend_on_its_batch(models):
+    """transformers models run ``cpu_batch`` (2) images per pass on a CPU, and a model's output
+    changes in its last bits with the pass's size: a short pass is padded, so that one image
+    alone, with others, or after a failed neighbour gives the very same probabilities."""
+    predictor = Predictor(model=resolve_model(f"hf:{models['segformer']}"), device="cpu")
+    assert predictor.bundle.cpu_batch == 2
+    batch = read_batch({"uri": np.array(tiny.photos(), dtype=object)}, predictor.preprocess)
+    together = predictor(batch)
+    for i in range(len(tiny.photos())):
+        alone = predictor({k: v[i : i + 1] for k, v in batch.items()})
+        assert np.array_equal(alone["label_map"][0], together["label_map"][i])
+        assert alone["confidence"][0] == together["confidence"][i]
+        assert np.array_equal(alone["class_scores"][0], together["class_scores"][i])
+
+
 def test_upernet_coarse_logits_are_its_forward_before_the_final_upsampling(models):
     from segbatch.models.hf import upernet_coarse
 
