@@ -62,8 +62,10 @@ class ModelActor:
         threads = settings.get("num_threads")
         if threads:
             torch.set_num_threads(int(threads))
-        from segbatch.stages import actor  # noqa: F401  (torchvision and the predictor, imported now too)
+        from segbatch.stages.actor import placement  # torchvision and the predictor, imported now too
 
+        if settings.get("announce"):  # --verbose: every actor says where it runs as soon as it exists
+            print(f"segbatch: model actor started: {placement()[1]}", flush=True)
         self.settings = dict(settings)
         self.predictor: Any = None
 

@@ -68,8 +68,9 @@ def _actors(rows: list[dict]) -> dict[str, dict[str, str]]:
 
 
 def _started(log: str) -> dict[str, dict[str, str]]:
-    """pid → fields of every model actor that started (each prints one line, forwarded by Ray)."""
-    found = re.findall(r"segbatch: model actor ready: (node=\S+ pid=\S+ device=\S+ gpus=\S*)", log)
+    """pid → fields of every model actor that started (each prints one line as it is created,
+    forwarded by Ray; one that the job did not need before it ended may never load its model)."""
+    found = re.findall(r"segbatch: model actor started: (node=\S+ pid=\S+ device=\S+ gpus=\S*)", log)
     return {_parse(w)["pid"]: _parse(w) for w in found}
 
 
