@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segbatch.categories import UNLABELED, build_eval_space, parse_label_map
+from segbatch.categories import UNLABELED, QualitySpace, build_eval_space, parse_label_map
 from segbatch.errors import JobError
 from segbatch.metrics import IGNORE
 
@@ -99,3 +99,16 @@ def test_label_ids_the_model_does_not_know_are_left_out_of_the_means():
 def test_unknown_label_map_keys_are_refused():
     with pytest.raises(JobError, match="unknown keys"):
         parse_label_map(b"categories: {}\nmatches: {}\n", "m.yaml")
+
+
+def test_quality_probs_sum_model_classes_into_quality_classes_in_class_order():
+    """Several model classes into one quality class, one class only the labels know (0): the
+    same float32 values as np.add.at, which sums in model class order."""
+    qs = QualitySpace(("a", "b", "label-only"), np.array([0, 1, 2], np.int32), np.array([0, 1, 0, 0, 1], np.int32))
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=(30, 40)).transpose(2, 0, 1).astype(np.float16)
+    expected = np.zeros((3, 30, 40), np.float32)
+    np.add.at(expected, qs.model_to_q, probs.astype(np.float32))
+    got = qs.probs(probs)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert not got[2].any() and np.allclose(got.sum(axis=0), 1.0, atol=5e-3)
