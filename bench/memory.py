@@ -3,7 +3,8 @@
 Each size runs in a fresh local Ray cluster started by this process, so the GCS, raylet
 and workers are all its descendants; a sampler thread sums their resident set sizes
 (``/proc/<pid>/status`` VmRSS) every 0.1 s. Images are small generated shapes and the
-model is the bundled U-Net, so the figures show what the plumbing holds, not the model::
+model is the bundled U-Net with the images' label PNGs (so label quality is on), so the
+figures show what the plumbing holds, not the model::
 
     .venv/bin/python bench/memory.py [--n 200]
 
@@ -73,6 +74,7 @@ def one_size(n: int, work: Path, batch_size: int) -> tuple[float, float]:
     import ray
 
     from segbatch import JobConfig, run
+    from segbatch.pipeline import LOCAL_SYSTEM_CONFIG
     from segbatch.sample import write_sample_dataset
 
     data = work / f"data-{n}"
@@ -80,8 +82,12 @@ def one_size(n: int, work: Path, batch_size: int) -> tuple[float, float]:
         write_sample_dataset(str(data), n, seed=n)
     t0 = time.perf_counter()
     with PeakSampler() as sampler:
-        ray.init(
-            num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", object_store_memory=500_000_000
+        ray.init(  # with the settings of the clusters `segbatch run` starts (idle workers kept)
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level="ERROR",
+            object_store_memory=500_000_000,
+            _system_config=LOCAL_SYSTEM_CONFIG,
         )
         try:
             summary = run(
