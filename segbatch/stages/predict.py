@@ -166,7 +166,7 @@ class Predictor:
             groups.setdefault(key, []).append(i)
         # On a GPU the whole group goes at once; on the CPU the bundle's ``cpu_batch`` images
         # per forward pass, as measured fastest for its kind of model (_run pads a short pass).
-        step = len(ok) if self.device.type == "cuda" else self._cpu_step
+        step = min(len(ok), self.bundle.max_batch or len(ok)) if self.device.type == "cuda" else self._cpu_step
         chunks = [idx[i : i + step] for idx in groups.values() for i in range(0, len(idx), max(step, 1))]
         with stage_clock("actor_model", len(ok), "thread"):
             for idx in chunks:
