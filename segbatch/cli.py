@@ -121,6 +121,13 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--tile-merge", "tile_merge", str, "instance: merge (default) or nms of detections across tile borders"),
     ("--tile-merge-threshold", "tile_merge_threshold", float, "instance: mask match threshold (default 0.5)"),
     (
+        "--tile-strips",
+        "tile_strips",
+        int,
+        "split each image into N strips of tile rows that run on different model actors (default: sized "
+        "from the actors and images; 1: whole images)",
+    ),
+    (
         "--rows-per-part",
         "rows_per_part",
         int,
@@ -203,6 +210,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_false",
         default=argparse.SUPPRESS,
         help="keep BatchNorm as its own operator instead of folding it into the convolution before it",
+    )
+    p.add_argument(
+        "--tile-full-pass",
+        dest="tile_full_pass",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="instance models, tiled: also detect on the whole image (objects larger than a tile)",
     )
     p.add_argument(
         "--verbose",

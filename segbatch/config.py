@@ -109,6 +109,12 @@ class JobConfig:
     # (intersection over the smaller mask), as SAHI; the match threshold.
     tile_merge: str = "merge"
     tile_merge_threshold: float = 0.5
+    # Instance models, tiled: also one pass over the whole image (for objects larger than a tile),
+    # its detections merged with the tiles' (SAHI's standard prediction).
+    tile_full_pass: bool = False
+    # Strips each large image is split into across the model actors (segbatch.stages.strips);
+    # None: sized from the actors and the number of images, 1: whole images only.
+    tile_strips: int | None = None
     rows_per_part: int | None = None  # images per committed part file (sized: 8 to 64 by the run's size)
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ray_address: str | None = None
@@ -209,7 +215,8 @@ class JobConfig:
             raise JobError(f"tile_merge_threshold must be a number in (0, 1], got {self.tile_merge_threshold!r}")
         if self.tile is None:
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            for name in ("tile_overlap", "tile_scale", "tile_blend", "tile_merge", "tile_merge_threshold"):
+            for name in ("tile_overlap", "tile_scale", "tile_blend", "tile_merge", "tile_merge_threshold",
+                         "tile_full_pass", "tile_strips"):  # fmt: skip
                 if str(getattr(self, name)) != str(defaults[name]):  # "0" from the CLI is the default 0
                     raise JobError(f"{name} {getattr(self, name)!r} was given without tile (e.g. --tile 1024)")
             return
@@ -221,6 +228,11 @@ class JobConfig:
             )
         if not _is_number(self.tile_scale):
             raise JobError(f"tile_scale must be a number > 0, got {self.tile_scale!r}")
+        if not isinstance(self.tile_full_pass, bool):
+            raise JobError(f"tile_full_pass must be true or false, got {self.tile_full_pass!r}")
+        strips = self.tile_strips
+        if strips is not None and (isinstance(strips, bool) or not isinstance(strips, int) or not 1 <= strips <= 64):
+            raise JobError(f"tile_strips must be a whole number in 1..64 (strips per image), got {strips!r}")
         self.tile_spec()
 
     def tile_spec(self) -> Any:

@@ -107,7 +107,10 @@ def encode_commit(
     from segbatch.stages.cpu_clock import stage_clock
     from segbatch.stages.encode import encode_batch
     from segbatch.stages.sink import commit_batch
+    from segbatch.stages.strips import join_rows
 
+    if batches and "strip_part" in batches[0]:  # strips of large images: one row per image again
+        batches = (join_rows({k: np.concatenate([b[k] for b in batches]) for k in batches[0]}),)
     images = sum(len(b["status"]) for b in batches)
     with stage_clock("encode", images):
         table = pa.concat_tables([encode_batch(b, spec) for b in batches])
@@ -208,11 +211,17 @@ class Executor:
         group: int,
         counter: CommitCounter,
         monitor: Monitor,
+        strips: int = 1,
     ) -> list[int]:
         """Label rows ``0..num_rows`` of the todo table; returns the indices of the model batches
         that failed for good (to be labeled image by image). ``encode(predicted refs)`` submits
-        one encode+commit task for ``group`` predicted batches (fewer for the last)."""
-        size = self.layout.batch_size
+        one encode+commit task for ``group`` predicted batches (fewer for the last).
+
+        ``strips`` > 1: each row is one strip of an image, ``strips`` rows an image
+        (:mod:`segbatch.stages.strips`): a batch is one strip, and an encode task takes whole
+        images only — ``group`` rounded to whole images, each sent once all its strips are in."""
+        size = 1 if strips > 1 else self.layout.batch_size
+        group = max(1, group // strips) * strips if strips > 1 else group
         total = -(-num_rows // size)
         upcoming = deque(range(total))
         reads: deque[_Batch] = deque()  # read, waiting for an actor
@@ -243,7 +252,10 @@ class Executor:
                 batch.done, batch.predicted = actor.handle.predict.options(num_returns=2).remote(batch.read)
                 predicting[batch.done] = batch
             # Group predicted batches into one commit (the last ones as they come).
-            while predicted and (len(predicted) >= group or not (upcoming or reads or predicting)):
+            last = not (upcoming or reads or predicting)
+            if strips > 1:
+                predicted = self._commit_images(predicted, strips, group, last, encode, encoding)
+            while predicted and strips == 1 and (len(predicted) >= group or last):
                 chunk, predicted = predicted[:group], predicted[group:]
                 encoding[encode([b.predicted for b in chunk])] = chunk
             waiting = [a.ready_ref for a in self.actors if not a.ready] + list(predicting) + list(encoding)
@@ -254,6 +266,30 @@ class Executor:
                 self._finished(ref, predicting, reads, predicted, encoding, failed, counter)
             monitor.poll()
         return sorted(failed)
+
+    @staticmethod
+    def _commit_images(
+        predicted: list[_Batch],
+        strips: int,
+        group: int,
+        last: bool,
+        encode: Callable[[list[Any]], Any],
+        encoding: dict[Any, list[_Batch]],
+    ) -> list[_Batch]:
+        """Send the images whose ``strips`` batches are all predicted to encode, ``group`` batches a
+        task (the rest as they come once nothing else is left); returns the batches still waiting.
+        At the end, strips of an image whose other strips failed are dropped: the image has no
+        committed row and is labeled alone afterwards."""
+        by_image: dict[int, list[_Batch]] = {}
+        for b in predicted:
+            by_image.setdefault(b.index // strips, []).append(b)
+        whole = [sorted(bs, key=lambda b: b.index) for bs in by_image.values() if len(bs) == strips]
+        ready = [b for bs in whole for b in bs]
+        while ready and (len(ready) >= group or last):
+            chunk, ready = ready[:group], ready[group:]
+            encoding[encode([b.predicted for b in chunk])] = chunk
+        sent = {id(b) for bs in whole for b in bs} - {id(b) for b in ready}
+        return [] if last and not ready else [b for b in predicted if id(b) not in sent]
 
     def _finished(
         self,

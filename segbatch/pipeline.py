@@ -39,6 +39,7 @@ from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS
 from segbatch.outputs.parts import write_part
 from segbatch.outputs.schema import PART_SCHEMA
 from segbatch.stages.encode import EncodeSpec, encode_batch
+from segbatch.stages.strips import expand, strips_per_image
 
 __all__ = ["RunSummary", "run"]
 
@@ -350,7 +351,7 @@ def _tiling(config: JobConfig, layout: Layout) -> Any:
     # Tiles per forward pass as images are batched: the batch on a GPU, one on a CPU (faster there).
     per_pass = layout.batch_size if layout.gpus_per_actor else 1
     return TiledRead(spec, dict(config.storage_options), config.high_bit_depth, config.max_image_pixels, per_pass,
-                     config.tile_merge, config.tile_merge_threshold)  # fmt: skip
+                     config.tile_merge, config.tile_merge_threshold, config.tile_full_pass)  # fmt: skip
 
 
 def _nothing_to_do_likely(config: JobConfig) -> bool:
@@ -400,7 +401,12 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
     executor, layout, cluster = start.executor, start.layout, start.cluster
     assert executor is not None and layout is not None and cluster is not None and start.t_up is not None
     so = config.storage_options
-    batches = -(-todo.num_rows // layout.batch_size)
+    # Tiled runs with fewer images than about twice the actors split each image into strips of
+    # tile rows that run on different actors (segbatch.stages.strips): one strip per batch.
+    strips = 1
+    if config.tile is not None:
+        strips = config.tile_strips or strips_per_image(layout.max_actors, todo.num_rows)
+    batches = todo.num_rows * strips if strips > 1 else -(-todo.num_rows // layout.batch_size)
     if layout.max_actors > batches:
         # More model actors than model batches would hold models that never get work.
         if layout.chosen["actors"] == "flag":
@@ -452,9 +458,12 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
     # regions); --decode device sends JPEGs to the actors as bytes.
     read_args = (loaded.preprocess, so, config.high_bit_depth, config.max_image_pixels, config.tile is not None,
                  start.decode)  # fmt: skip
-    todo_ref = ray.put(todo)
+    if strips > 1:
+        log.info("each image is split into %d strips of tile rows across the model actors", strips)
+    work = expand(todo, strips) if strips > 1 else todo
+    todo_ref = ray.put(work)
     try:
-        failed = executor.run(todo.num_rows, todo_ref, read_args, encode, group, counter, monitor)
+        failed = executor.run(work.num_rows, todo_ref, read_args, encode, group, counter, monitor, strips)
     finally:
         monitor.close()
     first = monitor.first_commit
@@ -468,6 +477,8 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         label_alone(left, read_args, settings, encode_spec, parts_url,
                     num_cpus=layout.cpus_per_actor, num_gpus=layout.gpus_per_actor)  # fmt: skip
     record = {**layout.to_dict(), "precision": start.precision, "decode": start.decode, "cluster": cluster.describe()}
+    if config.tile is not None:
+        record["tile_strips"] = strips
     return record, None if first is None else round(first - start.t_up, 3)
 
 

@@ -22,6 +22,7 @@ from segbatch.stages.predict import Predictor
 from segbatch.stages.tiled import tile_preprocess
 from segbatch.stages.tiling import TileSpec, blend_weights, input_size, resample_logits, tile_grid
 from tests.helpers import read_outputs, semantic_maps
+from tests.stages.test_tiled_instance import draw_things
 
 pytestmark = pytest.mark.ray
 
@@ -148,3 +149,57 @@ def test_a_tiled_run_resumes_image_by_image_and_refuses_other_tile_options(datas
     assert all(np.array_equal(maps[n], again_maps[n]) for n in maps)
     with pytest.raises(JobError, match=r"tile_overlap: 16 there, 32 now"):
         _run(dataset, out, tile="64", tile_overlap="32")
+
+
+def test_strips_of_one_image_run_on_two_actors_and_join_into_the_whole_image_result(dataset, tmp_path, ray_cluster):
+    """Each image cut into 3 strips of tile rows, spread over two model actors, committed whole:
+    the class maps equal a run of whole images pixel for pixel, confidence to float rounding."""
+    tiling = {"tile": "64x80", "tile_overlap": "16"}
+    _, whole = _run(dataset, tmp_path / "whole", tile_strips=1, **tiling)
+    summary, split = _run(dataset, tmp_path / "split", tile_strips=3, actors=2, **tiling)
+    assert summary.num_processed == 6
+    a, b = semantic_maps(tmp_path / "whole"), semantic_maps(tmp_path / "split")
+    assert a.keys() == b.keys() and len(a) == 5
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+        ra, rb = _rows(whole)[name], _rows(split)[name]
+        assert rb["confidence"] == pytest.approx(ra["confidence"], abs=1e-6)
+        assert (ra["dice"], ra["confusion"]) == (rb["dice"], rb["confusion"])
+    # Every image is one row, and its strips ran on both actors for some image.
+    rows = split["images"]
+    assert sorted(r["file_name"] for r in rows) == sorted(r["file_name"] for r in whole["images"])
+    assert any(len(r["worker"].split(", ")) == 2 for r in rows), [r["worker"] for r in rows]
+    assert _rows(split)["big.jpg"]["status"] == "error"  # the oversized image: one error row, not three
+    assert split["metrics"]["num_labeled"] == 5
+
+
+BLOBS = "tests.stages.test_tiled_instance:build_blobs"
+
+
+def test_instance_tiling_on_the_cluster_merges_cut_objects_and_resumes(tmp_path, ray_cluster):
+    """The sliced instance path end to end: a disc cut by tile borders into many pieces comes back as
+    one instance (with overlap, and without overlap through the full-image pass), strips on two
+    actors included, and a rerun resumes with nothing to do."""
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.open(draw_things(root / "things.png")).rotate(90, expand=True).save(root / "turned.png")
+
+    def go(out: str, **options):
+        config = JobConfig(input=str(root), output=str(tmp_path / out), model=BLOBS, batch_size=1, **options)
+        return run(config), read_outputs(tmp_path / out)
+
+    _, untiled = go("untiled")
+    _, merged = go("merged", tile="96x128", tile_overlap="32", tile_strips=2, actors=2)
+    _, cut = go("cut", tile="96x128")
+    _, full = go("full", tile="96x128", tile_full_pass=True)
+    counts = {k: _instances(o) for k, o in (("untiled", untiled), ("merged", merged), ("cut", cut), ("full", full))}
+    assert counts["untiled"] == {"things.png": 3, "turned.png": 3}, counts
+    assert counts["merged"] == counts["untiled"] and counts["full"] == counts["untiled"], counts
+    assert all(n > 3 for n in counts["cut"].values()), counts  # no overlap, no full pass: in pieces
+    assert full["job"]["identity"]["tile_full_pass"] is True and "tile_full_pass" not in cut["job"]["identity"]
+    again, _ = go("merged", tile="96x128", tile_overlap="32", tile_strips=2, actors=2)
+    assert (again.num_processed, again.num_skipped) == (0, 2)
+
+
+def _instances(outputs: dict) -> dict[str, int]:
+    return {r["file_name"]: r["num_masks"] for r in outputs["images"]}

@@ -133,11 +133,14 @@ def tiling_options(config: JobConfig, task: str, warnings: list[str]) -> dict[st
     out.update(tile_blend=spec.blend if semantic else None)
     out.update(tile_merge=None if semantic else config.tile_merge)
     out.update(tile_merge_threshold=None if semantic else config.tile_merge_threshold)
+    if config.tile_full_pass and not semantic:  # recorded only when on: earlier outputs keep their identity
+        out["tile_full_pass"] = True
     defaults = {f.name: f.default for f in dataclasses.fields(JobConfig)}
     for name, applies in (
         ("tile_blend", semantic),
         ("tile_merge", not semantic),
         ("tile_merge_threshold", not semantic),
+        ("tile_full_pass", not semantic),
     ):
         if not applies and getattr(config, name) != defaults[name]:
             flag = "--" + name.replace("_", "-")

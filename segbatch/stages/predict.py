@@ -42,7 +42,7 @@ from segbatch.models.weights import ResolvedWeights, load_model
 from segbatch.stages.classmap import resampled_grid, upsampled_argmax_batch
 from segbatch.stages.cpu_clock import stage_clock
 from segbatch.stages.device_decode import decode_resize
-from segbatch.stages.tiled import TiledRead, detect_tiled, label_tiled
+from segbatch.stages.tiled import TiledRead, detect_tiled, join_instance_strips, join_strips, label_tiled
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,20 @@ class Predictor:
         semantic = self.bundle.task == "semantic"
         results: list[Any] = [None] * n
         ok = [i for i in range(n) if status[i] == "ok"]
+        # A strip of a large image split across actors (segbatch.stages.strips) leaves its part,
+        # joined with the image's other strips before encode, and no result of its own.
+        strip_parts: np.ndarray | None = None
+        if self.tiling is not None and "strips" in batch:
+            strip_parts = np.full(n, None, dtype=object)
         if self.tiling is not None:
             for i in ok:
                 t0 = time.perf_counter()
+                strip = (int(batch["strip"][i]), int(batch["strips"][i])) if strip_parts is not None else (0, 1)
                 try:
-                    results[i], read_s = self._tiled(str(batch["uri"][i]))
-                    t_read[i] += read_s
+                    results[i], read_s = self._tiled(str(batch["uri"][i]), strip)
+                    if strip[1] > 1:
+                        assert strip_parts is not None
+                        strip_parts[i], results[i] = results[i], None
                 except ImageError as err:
                     status[i], error[i], read_s = "error", str(err), 0.0
                 except Exception as err:
@@ -187,6 +195,8 @@ class Predictor:
         out_batch.update(status=status, error=error, t_predict=t_predict, worker=np.full(n, self.worker, dtype=object))
         if "t_read" in batch:
             out_batch["t_read"] = t_read
+        if strip_parts is not None:
+            out_batch["strip_part"] = strip_parts
         if semantic:
             none = SemanticResult(np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8), np.nan, np.nan,
                                   np.zeros(0, np.float32), None)  # fmt: skip
@@ -258,17 +268,22 @@ class Predictor:
                 return self._semantic(batch, idx)[:n]
             return self._instance(batch, idx)[:n]
 
-    def _tiled(self, uri: str) -> tuple[Any, float]:
-        """One image, tile by tile (:mod:`segbatch.stages.tiled`); and the seconds spent reading."""
+    def _tiled(self, uri: str, strip: tuple[int, int] = (0, 1)) -> tuple[Any, float]:
+        """One image (``strip`` ``(0, 1)``), tile by tile (:mod:`segbatch.stages.tiled`), and the
+        seconds spent reading; for strip ``(index, count > 1)`` its part to join instead of a result."""
         assert self.tiling is not None
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None),
         ):
             if self.bundle.task != "semantic":
-                return detect_tiled(uri, self.tiling, self.preprocess, self._detect)
-            out = label_tiled(uri, self.tiling, self.preprocess, self._logits, len(self.bundle.categories),
-                              self.device, UNCERTAIN_MARGIN)  # fmt: skip
+                part = detect_tiled(uri, self.tiling, self.preprocess, self._detect, strip)
+                return (part, part.t_read) if strip[1] > 1 else join_instance_strips([part])
+            piece = label_tiled(uri, self.tiling, self.preprocess, self._logits, len(self.bundle.categories),
+                                self.device, UNCERTAIN_MARGIN, strip)  # fmt: skip
+        if strip[1] > 1:
+            return piece, piece.t_read
+        out = join_strips([piece])
         # No coarse confidence image and no label-quality probabilities for a tiled image: the
         # tiles' coarse grids do not form one image, and probabilities at every 4th pixel of a
         # 400 MP image would be ~1 GB (README "Large images").

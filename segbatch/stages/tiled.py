@@ -8,10 +8,19 @@ read by region, other formats decoded once), walks the tile grid row-major, resi
 whose finished bands are copied into the ``(H, W) uint8`` class map — the only full-size array
 (1 byte a pixel); float logits exist per tile and per open band only.
 
-Instance models, sliced (SAHI): :func:`detect_tiled` runs the model on each window, moves its
-detections into image coordinates as crops of their boxes, merges those of neighbouring windows
+Instance models, sliced (SAHI): :func:`detect_tiled` runs the model on each window (and, with
+``full_pass``, once on the whole image at the model's untiled preprocessing, for objects larger
+than a tile), moves its detections into image coordinates as crops of their boxes;
+:func:`join_instance_strips` merges those of neighbouring windows
 (:func:`~segbatch.stages.tiling.merge_instances`: ``merge`` by intersection over the smaller mask,
 or mask ``nms``) and pastes the merged masks at full size, the instance result of an untiled image.
+
+Strips (:func:`~segbatch.stages.tiling.strip_of`): one image may be split into horizontal strips of
+grid rows that run on different model actors; each returns its class-map rows (blended from every
+window that meets them: with overlap, the grid row above a strip runs in both) and the sums of the
+tiles it owns, or its windows' detections, and :func:`join_strips` / :func:`join_instance_strips`
+make the image's result — the same as one strip of the whole image (tiles run one per pass on a
+CPU; on a GPU a tile's logits may move in their last bits with the tiles batched beside it).
 
 Confidence comes from the tiles' coarse logits (no second pass): the mean top-class probability and
 the share of coarse pixels whose top two are within ``uncertain_margin``, over every tile's coarse
@@ -22,6 +31,7 @@ the coarse pixels where that class is the coarse argmax (0 for a class that wins
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +39,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from segbatch.io import fs as fsio
 from segbatch.io.images import HighBitDepth
@@ -39,10 +50,13 @@ from segbatch.stages.tiling import (
     SemanticBlender,
     TileSpec,
     Window,
+    column_block_of,
+    full_window,
     input_size,
     instances_from_masks,
     merge_instances,
     paste_instances,
+    strip_of,
     tile_grid,
 )
 
@@ -50,6 +64,11 @@ from segbatch.stages.tiling import (
 Forward = Callable[[list[np.ndarray]], tuple[torch.Tensor, tuple[int, int] | None]]
 # (N tiles (3, h, w) uint8, each window's (h, w)) → per tile (masks (n, h, w) uint8, labels (n,), scores (n,))
 Detect = Callable[[list[np.ndarray], list[tuple[int, int]]], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+
+
+# 1 GiB: a 5000-pixel-wide image (25 MP) at tile 1024 with 21 classes blends in one block (0.86 GB
+# bound); a 20 000-wide one (400 MP) in four, each running one grid column again (26 columns: +12 %).
+BLEND_BUDGET_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,10 @@ class TiledRead:
     tiles_per_pass: int = 1
     merge: str = "merge"  # instance models: how detections of overlapping tiles are merged
     merge_threshold: float = 0.5
+    full_pass: bool = False  # instance models: also detect on the whole image (large objects)
+    # Most bytes of open float sums while blending (column_blocks): past it, an image is blended
+    # in blocks of grid columns, so that memory follows the tile and not the image's width.
+    blend_budget: int = BLEND_BUDGET_BYTES
 
     def __post_init__(self) -> None:
         if self.tiles_per_pass < 1:
@@ -82,6 +105,50 @@ class TiledOutput(NamedTuple):
     class_scores: np.ndarray  # (C,) float32: mean coarse top probability where the class wins
     t_read: float  # seconds spent reading and resizing regions
     tiles: int
+
+
+class StripOutput(NamedTuple):
+    """One :func:`~segbatch.stages.tiling.strip_of` of a tiled semantic prediction (the whole image
+    for a strip 0 of 1): its class-map rows and the confidence sums of the tiles it owns, which
+    :func:`join_strips` adds up — sums, so that the strips of one image may run on different actors."""
+
+    height: int
+    width: int
+    y0: int
+    labels: np.ndarray  # (rows, W) uint8: class-map rows y0 … y0 + rows - 1
+    top_sum: float  # sum of the coarse top-class probabilities of the owned tiles
+    uncertain: float  # their coarse pixels whose top two are within the margin
+    pixels: float  # their coarse pixels
+    score_sums: np.ndarray  # (C,) float64: top probability summed where each class wins
+    score_counts: np.ndarray  # (C,) float64: coarse pixels where each class wins
+    t_read: float
+    tiles: int  # tiles run (owned or not)
+
+
+def join_strips(parts: list[StripOutput]) -> TiledOutput:
+    """The image's :class:`TiledOutput` from all its strips, in any order (their rows must tile the image)."""
+    parts = sorted((p for p in parts if len(p.labels)), key=lambda p: p.y0)
+    if not parts:
+        raise ValueError("no strip holds any row of the image")
+    height, width = parts[0].height, parts[0].width
+    y = 0
+    for p in parts:
+        if (p.height, p.width) != (height, width) or p.y0 != y:
+            raise ValueError(f"strips of a {height}x{width} image do not meet: rows from {p.y0}, expected {y}")
+        y += len(p.labels)
+    if y != height:
+        raise ValueError(f"strips of a {height}x{width} image end at row {y}")
+    label_map = parts[0].labels if len(parts) == 1 else np.concatenate([p.labels for p in parts])
+    pixels = sum(p.pixels for p in parts)
+    sums, counts = sum(p.score_sums for p in parts), sum(p.score_counts for p in parts)
+    return TiledOutput(
+        label_map,
+        sum(p.top_sum for p in parts) / pixels,
+        sum(p.uncertain for p in parts) / pixels,
+        (sums / np.maximum(counts, 1)).astype(np.float32),
+        sum(p.t_read for p in parts),
+        sum(p.tiles for p in parts),
+    )
 
 
 def tile_preprocess(preprocess: Preprocess, size: tuple[int, int]) -> Preprocess:
@@ -108,8 +175,10 @@ def label_tiled(
     num_classes: int,
     device: torch.device,
     uncertain_margin: float,
-) -> TiledOutput:
-    """The class map of the image at ``uri`` from its tiles (see the module docstring).
+    strip: tuple[int, int] = (0, 1),
+) -> StripOutput:
+    """Strip ``strip = (index, count)`` of the class map of the image at ``uri`` from its tiles
+    (see the module docstring); ``(0, 1)``, the whole image, gives :func:`join_strips` its one part.
 
     Raises :class:`~segbatch.errors.ImageError` for what cannot be read or decoded, or an image
     over ``read.max_image_pixels``; other exceptions come from the model.
@@ -117,10 +186,20 @@ def label_tiled(
     source, opened = open_source(uri, read.storage_options)
     try:
         with RegionReader(source, read.max_image_pixels or None, read.high_bit_depth) as reader:
-            return _label(reader, read, preprocess, forward, num_classes, device, uncertain_margin)
+            return _label(reader, read, preprocess, forward, num_classes, device, uncertain_margin, strip)
     finally:
         if opened is not None:
             opened.close()
+
+
+def column_blocks(spec: TileSpec, num_classes: int, height: int, width: int, grid_cols: int, budget: int) -> int:
+    """Column blocks a strip is blended in, so that its open float sums stay within ``budget``
+    bytes: :meth:`SemanticBlender.row_major_bound_bytes` grows with the image's width (a grid
+    row's overlap band stays open for the next row), a block's with the block's. Each block after
+    the first runs the grid column before it again (with overlap): blocks only when over budget."""
+    g = 1 if spec.blend == "gaussian" else 0
+    bound = 8 * (num_classes + g) * min(spec.tile[0], height) * width
+    return max(1, min(grid_cols, -(-bound // max(1, budget))))
 
 
 def _label(
@@ -131,56 +210,125 @@ def _label(
     num_classes: int,
     device: torch.device,
     margin: float,
-) -> TiledOutput:
+    strip_at: tuple[int, int],
+) -> StripOutput:
     height, width = reader.height, reader.width
-    blender = SemanticBlender(height, width, read.spec, num_classes, device)
-    label_map = np.empty((height, width), dtype=np.uint8)
-    windows = blender.windows  # row-major: open sums stay within one grid row's bands
+    grid = tile_grid(height, width, read.spec)
+    strip = strip_of(grid, height, *strip_at)
+    none = np.zeros(num_classes, np.float64)
+    if not strip.owned:  # more strips than grid rows: this one owns none
+        return StripOutput(height, width, height, np.zeros((0, width), np.uint8), 0.0, 0.0, 0.0, none, none, 0.0, 0)
+    label_map = np.empty((strip.stop - strip.start, width), dtype=np.uint8)
     # Every window has one size (the grid clips the tile to the image, the last ones align to the border).
-    resize = tile_preprocess(preprocess, input_size(windows[0].h, windows[0].w, read.spec.scale))
-    top_sum = uncertain = pixels = 0.0
-    score_sums = torch.zeros(num_classes, dtype=torch.float64, device=device)
-    score_counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
-    t_read = 0.0
-    for start in range(0, len(windows), read.tiles_per_pass):
-        chunk: list[Window] = windows[start : start + read.tiles_per_pass]
-        t0 = time.perf_counter()
-        tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in chunk]
-        t_read += time.perf_counter() - t0
-        logits, via = forward(tiles)
-        if logits.dim() != 4 or logits.shape[0] != len(chunk) or logits.shape[1] != num_classes:
-            expected = f"({len(chunk)}, {num_classes}, h, w)"
-            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, expected {expected}")
+    resize = tile_preprocess(preprocess, input_size(grid[0].h, grid[0].w, read.spec.scale))
+    stats = _Confidence(num_classes, margin, device)
+    t_read, ran = 0.0, 0
+    grid_cols = len({w.x0 for w in grid})
+    blocks = column_blocks(read.spec, num_classes, height, width, grid_cols, read.blend_budget)
+    for block in range(blocks):
+        cols = column_block_of(grid, width, block, blocks)
+        if not cols.owned:
+            continue
+        blender = SemanticBlender(height, width, read.spec, num_classes, device, rows=(strip.start, strip.stop),
+                                  cols=(cols.start, cols.stop))  # fmt: skip
+        windows = blender.windows  # row-major: open sums stay within one grid row's bands
+        for start in range(0, len(windows), read.tiles_per_pass):
+            chunk: list[Window] = windows[start : start + read.tiles_per_pass]
+            t0 = time.perf_counter()
+            tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in chunk]
+            t_read += time.perf_counter() - t0
+            logits, via = forward(tiles)
+            if logits.dim() != 4 or logits.shape[0] != len(chunk) or logits.shape[1] != num_classes:
+                expected = f"({len(chunk)}, {num_classes}, h, w)"
+                raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, expected {expected}")
+            for k, window in enumerate(chunk):
+                for band in blender.add(window, logits[k], via):
+                    rows = slice(band.y0 - strip.start, band.y0 - strip.start + len(band.labels))
+                    label_map[rows, cols.start : cols.stop] = band.labels
+            # Confidence from the tiles this strip and block own: each tile counts exactly once.
+            stats.add(logits[[k for k, w in enumerate(chunk) if w.row in strip.owned and w.col in cols.owned]])
+        if not blender.finished:  # every window was added above: a bug, never a partial map
+            raise RuntimeError(f"tiled class map of {height}x{width} is incomplete")
+        ran += len(windows)
+    sums, counts = stats.score_sums.cpu().numpy(), stats.score_counts.cpu().numpy()
+    return StripOutput(height, width, strip.start, label_map, stats.top_sum, stats.uncertain, stats.pixels, sums,
+                       counts, t_read, ran)  # fmt: skip
+
+
+class _Confidence:
+    """Sums of the tiles' coarse class probabilities (see the module docstring)."""
+
+    def __init__(self, num_classes: int, margin: float, device: torch.device) -> None:
+        self.num_classes, self.margin = num_classes, margin
+        self.top_sum = self.uncertain = self.pixels = 0.0
+        self.score_sums = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.score_counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+
+    def add(self, logits: torch.Tensor) -> None:
+        """Add tiles' logits ``(n, C, h, w)`` (``n`` may be 0)."""
+        if not len(logits):
+            return
         probs = torch.softmax(logits.float(), dim=1)
-        top2 = probs.topk(min(2, num_classes), dim=1)
+        top2 = probs.topk(min(2, self.num_classes), dim=1)
         top = top2.values[:, 0]
-        second = top2.values[:, 1] if num_classes > 1 else torch.zeros_like(top)
-        top_sum += float(top.sum(dtype=torch.float64))
-        uncertain += float(((top - second) < margin).sum())
-        pixels += top.numel()
+        second = top2.values[:, 1] if self.num_classes > 1 else torch.zeros_like(top)
+        self.top_sum += float(top.sum(dtype=torch.float64))
+        self.uncertain += float(((top - second) < self.margin).sum())
+        self.pixels += top.numel()
         winners = top2.indices[:, 0].flatten()
-        score_sums += torch.bincount(winners, weights=top.flatten().double(), minlength=num_classes)
-        score_counts += torch.bincount(winners, minlength=num_classes).double()
-        for k, window in enumerate(chunk):
-            for band in blender.add(window, logits[k], via):
-                label_map[band.y0 : band.y0 + len(band.labels)] = band.labels
-    if not blender.finished:  # every window was added above: a bug, never a partial map
-        raise RuntimeError(f"tiled class map of {height}x{width} is incomplete")
-    scores = (score_sums / score_counts.clamp(min=1)).float().cpu().numpy()
-    return TiledOutput(label_map, top_sum / pixels, uncertain / pixels, scores, t_read, len(windows))
+        self.score_sums += torch.bincount(winners, weights=top.flatten().double(), minlength=self.num_classes)
+        self.score_counts += torch.bincount(winners, minlength=self.num_classes).double()
+
+
+class InstanceStrip(NamedTuple):
+    """One strip's detections (all of an image's for a strip 0 of 1), in image coordinates and not
+    yet merged: :func:`join_instance_strips` merges those of every strip of the image."""
+
+    height: int
+    width: int
+    instances: list[Instance]
+    t_read: float
+    tiles: int
+    merge: str = "merge"  # how the join merges them (TiledRead.merge, merge_threshold)
+    merge_threshold: float = 0.5
+
+
+# The full-image pass of an instance model sees at most this many pixels before the model's own
+# preprocessing: a larger image is box-reduced by an integer factor band by band first (memory
+# of a band and of the reduced image, not of the whole image).
+FULL_PASS_PIXELS = 16_000_000
+
+
+def reduced_image(reader: RegionReader, max_pixels: int = FULL_PASS_PIXELS) -> np.ndarray:
+    """The whole image ``(H', W', 3) uint8``, box-reduced by the smallest integer factor ``f`` that
+    brings it to at most ``max_pixels`` (``H' = ceil(H / f)``, Pillow's ``Image.reduce``: the edge
+    boxes are partial); read ``f × 64`` rows at a time."""
+    height, width = reader.height, reader.width
+    factor = max(1, math.ceil(math.sqrt(height * width / max_pixels)))
+    if factor == 1:
+        return reader.read(0, 0, height, width)
+    rows = factor * 64
+    bands = [
+        np.asarray(Image.fromarray(reader.read(y, 0, min(rows, height - y), width)).reduce(factor))
+        for y in range(0, height, rows)
+    ]
+    return np.concatenate(bands)
 
 
 def detect_tiled(
-    uri: str, read: TiledRead, preprocess: Preprocess, detect: Detect
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
-    """The instances of the image at ``uri`` from its windows, merged (see the module docstring):
-    ``((N, H, W) uint8 masks, (N,) int64 labels, (N,) float32 scores)`` and the seconds spent reading."""
+    uri: str, read: TiledRead, preprocess: Preprocess, detect: Detect, strip: tuple[int, int] = (0, 1)
+) -> InstanceStrip:
+    """The detections of strip ``strip = (index, count)`` of the image at ``uri``: those of the
+    windows in its grid rows, in image coordinates, and (strip 0, ``read.full_pass``) those of a
+    pass over the whole image at the model's untiled preprocessing (see the module docstring)."""
     source, opened = open_source(uri, read.storage_options)
     try:
         with RegionReader(source, read.max_image_pixels or None, read.high_bit_depth) as reader:
             height, width = reader.height, reader.width
-            windows = tile_grid(height, width, read.spec)
-            resize = tile_preprocess(preprocess, input_size(windows[0].h, windows[0].w, read.spec.scale))
+            grid = tile_grid(height, width, read.spec)
+            owned = strip_of(grid, height, int(strip[0]), int(strip[1]))
+            windows = [w for w in grid if w.row in owned.owned]
+            resize = tile_preprocess(preprocess, input_size(grid[0].h, grid[0].w, read.spec.scale))
             found: list[Instance] = []
             t_read = 0.0
             for start in range(0, len(windows), read.tiles_per_pass):
@@ -192,8 +340,27 @@ def detect_tiled(
                     chunk, detect(tiles, [(w.h, w.w) for w in chunk]), strict=True
                 ):
                     found += instances_from_masks(window, np.asarray(masks), np.asarray(labels), np.asarray(scores))
+            if read.full_pass and owned.part == 0:
+                # Large objects whole (SAHI's standard prediction): masks at the size the model saw
+                # the image, mapped onto its pixels by nearest neighbour as crops of their boxes.
+                t0 = time.perf_counter()
+                image = preprocess.resize_chw(reduced_image(reader))
+                t_read += time.perf_counter() - t0
+                masks, labels, scores = detect([image], [(int(image.shape[1]), int(image.shape[2]))])[0]
+                full = full_window(height, width)
+                found += instances_from_masks(full, np.asarray(masks), np.asarray(labels), np.asarray(scores))
+                windows.append(full)
     finally:
         if opened is not None:
             opened.close()
-    merged = [m for m in merge_instances(found, read.merge, read.merge_threshold) if m.area]
-    return paste_instances(merged, height, width), t_read
+    return InstanceStrip(height, width, found, t_read, len(windows), read.merge, read.merge_threshold)
+
+
+def join_instance_strips(parts: list[InstanceStrip]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+    """The image's instances from all its strips, merged across tile (and strip) borders as the
+    strips say (``merge``, ``merge_threshold``): ``((N, H, W) uint8 masks, (N,) int64 labels,
+    (N,) float32 scores)``, and the seconds spent reading."""
+    height, width = parts[0].height, parts[0].width
+    found = [inst for p in parts for inst in p.instances]
+    merged = [m for m in merge_instances(found, parts[0].merge, parts[0].merge_threshold) if m.area]
+    return paste_instances(merged, height, width), sum(p.t_read for p in parts)

@@ -167,6 +167,52 @@ def tile_grid(height: int, width: int, spec: TileSpec) -> list[Window]:
     ]
 
 
+class Span(NamedTuple):
+    """Part ``part`` of ``parts`` of an image's grid along one axis: the class map's rows (or
+    columns) ``start … stop-1`` and the grid rows (columns) ``owned`` whose tiles it counts in the
+    confidence and, for instance models, detects in. An empty ``owned`` (more parts than grid
+    rows) holds nothing (``start == stop``)."""
+
+    part: int
+    parts: int
+    start: int
+    stop: int
+    owned: range
+
+
+def grid_span(starts: Sequence[int], extent: int, part: int, parts: int) -> Span:
+    """Part ``part`` of ``parts`` of an axis of ``extent`` pixels whose grid rows start at ``starts``
+    (ascending, the first 0).
+
+    The grid rows are dealt out in ``parts`` consecutive, near-equal groups (``numpy.array_split``);
+    a part's pixels run from its first grid row's start to the next part's (the axis' ends for the
+    first and last), so the parts partition the axis. Blending a part needs every window that meets
+    its pixels (:class:`SemanticBlender` ``rows=`` / ``cols=``): with overlap, also the grid row
+    before it, computed by both neighbours.
+    """
+    if not (isinstance(parts, int) and parts >= 1 and isinstance(part, int) and 0 <= part < parts):
+        raise ValueError(f"part must be in 0..parts-1 with parts >= 1, got {part} of {parts}")
+    groups = np.array_split(np.arange(len(starts)), parts)
+    firsts = [int(g[0]) for g in groups if len(g)]
+    own = groups[part]
+    if not len(own):  # array_split leaves the empty groups last
+        return Span(part, parts, extent, extent, range(0))
+    k = firsts.index(int(own[0]))
+    start = 0 if k == 0 else starts[firsts[k]]
+    stop = starts[firsts[k + 1]] if k + 1 < len(firsts) else extent
+    return Span(part, parts, start, stop, range(int(own[0]), int(own[-1]) + 1))
+
+
+def strip_of(windows: Sequence[Window], height: int, part: int, parts: int) -> Span:
+    """Strip ``part`` of ``parts`` of the image: consecutive grid rows (:func:`grid_span` on rows)."""
+    return grid_span(sorted({w.y0 for w in windows}), height, part, parts)
+
+
+def column_block_of(windows: Sequence[Window], width: int, part: int, parts: int) -> Span:
+    """Column block ``part`` of ``parts``: consecutive grid columns (:func:`grid_span` on columns)."""
+    return grid_span(sorted({w.x0 for w in windows}), width, part, parts)
+
+
 def full_window(height: int, width: int) -> Window:
     """The whole image as one window (a full-image pass)."""
     return Window(0, 0, height, width, -1, -1)
@@ -224,7 +270,8 @@ def resample_logits(logits: torch.Tensor, size: tuple[int, int], via: tuple[int,
 
 
 class Band(NamedTuple):
-    """Finished rows ``y0 … y0 + len(labels) - 1`` of the class map, ``labels`` ``(rows, W) uint8``."""
+    """Finished rows ``y0 … y0 + len(labels) - 1`` of the class map, ``labels`` ``(rows, W) uint8``
+    (``(rows, x1 - x0)``, the columns of the blender's ``cols``, when it has them)."""
 
     y0: int
     labels: np.ndarray
@@ -256,30 +303,49 @@ class SemanticBlender:
     """
 
     def __init__(
-        self, height: int, width: int, spec: TileSpec, num_classes: int, device: torch.device | str = "cpu"
+        self,
+        height: int,
+        width: int,
+        spec: TileSpec,
+        num_classes: int,
+        device: torch.device | str = "cpu",
+        rows: tuple[int, int] | None = None,
+        cols: tuple[int, int] | None = None,
     ) -> None:
         if not 1 <= num_classes <= 256:
             raise ValueError(f"num_classes must be in 1..256 (uint8 class map), got {num_classes}")
         self.height, self.width, self.spec, self.num_classes = height, width, spec, num_classes
         self.device = torch.device(device)
-        self.windows = tile_grid(height, width, spec)
-        self._by_cell = {(w.row, w.col): w for w in self.windows}
-        self._arrived: set[tuple[int, int]] = set()
-        self._ys = sorted({w.y0 for w in self.windows} | {w.y1 for w in self.windows})
-        self._xs = sorted({w.x0 for w in self.windows} | {w.x1 for w in self.windows})
+        grid = tile_grid(height, width, spec)
+        self._ys = sorted({w.y0 for w in grid} | {w.y1 for w in grid})
+        self._xs = sorted({w.x0 for w in grid} | {w.x1 for w in grid})
         self._yi = {y: i for i, y in enumerate(self._ys)}
         self._xi = {x: j for j, x in enumerate(self._xs)}
+        # ``rows``/``cols``: only the class map's rows y0 … y1-1 and columns x0 … x1-1 (a
+        # :class:`Span` of each axis; cell edges), from the windows that meet them.
+        r0, r1 = rows if rows is not None else (0, height)
+        c0, c1 = cols if cols is not None else (0, width)
+        if r0 not in self._yi or r1 not in self._yi or r0 >= r1:
+            raise ValueError(f"rows {rows} of a {height}x{width} image must be cell edges {self._ys} with y0 < y1")
+        if c0 not in self._xi or c1 not in self._xi or c0 >= c1:
+            raise ValueError(f"cols {cols} of a {height}x{width} image must be cell edges {self._xs} with x0 < x1")
+        self._band0, self._band_end = self._yi[r0], self._yi[r1]
+        self._col0, self._col_end = self._xi[c0], self._xi[c1]
+        self.x0, self.band_width = c0, c1 - c0
+        self.windows = [w for w in grid if w.y0 < r1 and w.y1 > r0 and w.x0 < c1 and w.x1 > c0]
+        self._by_cell = {(w.row, w.col): w for w in self.windows}
+        self._arrived: set[tuple[int, int]] = set()
         counts = np.zeros((len(self._ys) - 1, len(self._xs) - 1), dtype=np.int64)
-        for w in self.windows:
+        for w in grid:
             counts[self._yi[w.y0] : self._yi[w.y1], self._xi[w.x0] : self._xi[w.x1]] += 1
         assert counts.min() >= 1, "the grid covers the image"
         self._counts = counts
         self._remaining = counts.copy()
         self._sums: dict[tuple[int, int], torch.Tensor] = {}
         self._wsums: dict[tuple[int, int], torch.Tensor] = {}
-        self._cells_left = np.full(len(self._ys) - 1, len(self._xs) - 1, dtype=np.int64)
+        self._cells_left = np.full(len(self._ys) - 1, self._col_end - self._col0, dtype=np.int64)
         self._bands: dict[int, np.ndarray] = {}
-        self._next_band = 0
+        self._next_band = self._band0
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
         self.buffer_bytes = 0
         self.peak_buffer_bytes = 0
@@ -287,12 +353,12 @@ class SemanticBlender:
     @property
     def finished(self) -> bool:
         """Whether every band has been emitted."""
-        return self._next_band == len(self._ys) - 1
+        return self._next_band == self._band_end
 
     def row_major_bound_bytes(self) -> int:
         """The most :attr:`buffer_bytes` can reach when grid rows arrive in order (see the class docstring)."""
         g = 1 if self.spec.blend == "gaussian" else 0
-        return 8 * (self.num_classes + g) * min(self.spec.tile[0], self.height) * self.width
+        return 8 * (self.num_classes + g) * min(self.spec.tile[0], self.height) * self.band_width
 
     def add(self, window: Window, logits: torch.Tensor, via: tuple[int, int] | None = None) -> list[Band]:
         """Add one tile's logits ``(C, h, w)`` (any size: resampled to the window through ``via``);
@@ -309,9 +375,9 @@ class SemanticBlender:
         weights = self._window_weights(window.h, window.w) if self.spec.blend == "gaussian" else None
         i0, i1 = self._yi[window.y0], self._yi[window.y1]
         j0, j1 = self._xi[window.x0], self._xi[window.x1]
-        for i in range(i0, i1):
+        for i in range(max(i0, self._band0), min(i1, self._band_end)):
             ly = slice(self._ys[i] - window.y0, self._ys[i + 1] - window.y0)
-            for j in range(j0, j1):
+            for j in range(max(j0, self._col0), min(j1, self._col_end)):
                 lx = slice(self._xs[j] - window.x0, self._xs[j + 1] - window.x0)
                 part = z[:, ly, lx].to(torch.float64)
                 if weights is not None:
@@ -347,15 +413,15 @@ class SemanticBlender:
         else:
             sums.div_(float(self._counts[i, j]))
         if i not in self._bands:
-            self._bands[i] = np.empty((self._ys[i + 1] - self._ys[i], self.width), dtype=np.uint8)
+            self._bands[i] = np.empty((self._ys[i + 1] - self._ys[i], self.band_width), dtype=np.uint8)
         # max().indices: the first maximum, as argmax and upsampled_argmax give.
         labels = sums.max(dim=0).indices.to(torch.uint8).cpu().numpy()
-        self._bands[i][:, self._xs[j] : self._xs[j + 1]] = labels
+        self._bands[i][:, self._xs[j] - self.x0 : self._xs[j + 1] - self.x0] = labels
         self._cells_left[i] -= 1
 
     def _emit(self) -> list[Band]:
         out = []
-        while self._next_band < len(self._cells_left) and self._cells_left[self._next_band] == 0:
+        while self._next_band < self._band_end and self._cells_left[self._next_band] == 0:
             out.append(Band(self._ys[self._next_band], self._bands.pop(self._next_band)))
             self._next_band += 1
         return out

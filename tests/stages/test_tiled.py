@@ -3,6 +3,7 @@ gives, the read stage of a tiled run reads only headers, and bad files become er
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +14,10 @@ import torch
 from PIL import Image
 
 from segbatch.models.resolve import resolve_model
-from segbatch.stages.predict import Predictor
+from segbatch.stages.predict import UNCERTAIN_MARGIN, Predictor
 from segbatch.stages.read import read_batch
-from segbatch.stages.tiled import TiledRead
-from segbatch.stages.tiling import TileSpec
+from segbatch.stages.tiled import StripOutput, TiledRead, column_blocks, join_strips, label_tiled
+from segbatch.stages.tiling import TileSpec, tile_grid
 
 SAMPLE = Path(__file__).resolve().parents[2] / "segbatch" / "data" / "sample" / "images"
 
@@ -78,3 +79,42 @@ def test_bad_files_and_oversized_images_are_error_rows(predictor, files):
         "(raise --max-image-pixels to allow it)"
     )
     assert all(m.size == 0 for m in out["label_map"])
+
+
+@pytest.mark.parametrize("strips", [2, 3, 7])
+def test_strips_and_column_blocks_join_into_the_whole_image_result(predictor, files, strips):
+    """An image split into strips (run apart, as on different actors, then joined) and blended in
+    column blocks (a blend budget too small for one) gives the whole image's class map exactly and
+    its confidence to float64 rounding; more strips than grid rows leave the last ones empty."""
+    grid = tile_grid(150, 200, predictor.tiling.spec)
+    rows, cols, classes = len({w.y0 for w in grid}), len({w.x0 for w in grid}), len(predictor.bundle.categories)
+    assert (rows, cols) == (3, 3)
+    whole = predictor._tiled(str(files["tiff"]))[0]
+    parts = [predictor._tiled(str(files["tiff"]), (k, strips))[0] for k in range(strips)]
+    assert all(isinstance(p, StripOutput) for p in parts)
+    assert sum(len(p.labels) for p in parts) == 150 and sum(not len(p.labels) for p in parts) == max(0, strips - rows)
+    joined = join_strips(parts[::-1])  # in any order
+    assert np.array_equal(joined.label_map, whole.label_map)
+    assert joined.confidence == pytest.approx(whole.confidence, rel=1e-12)
+    assert joined.uncertain_share == pytest.approx(whole.uncertain_share, rel=1e-12)
+    np.testing.assert_allclose(joined.class_scores, whole.class_scores, rtol=1e-6)
+    assert sum(p.tiles for p in parts) > joined.tiles - sum(p.tiles for p in parts) >= 0  # overlap rows ran twice
+    blocked = dataclasses.replace(predictor.tiling, blend_budget=1)  # one block per grid column
+    assert column_blocks(blocked.spec, classes, 150, 200, cols, blocked.blend_budget) == cols
+    assert column_blocks(blocked.spec, classes, 150, 200, cols, 1 << 30) == 1
+    with torch.inference_mode():
+        label = label_tiled(str(files["tiff"]), blocked, predictor.preprocess, predictor._logits, classes,
+                            predictor.device, UNCERTAIN_MARGIN)  # fmt: skip
+    assert np.array_equal(label.labels, whole.label_map)
+    assert label.top_sum / label.pixels == pytest.approx(whole.confidence, rel=1e-12)
+
+
+def test_a_part_that_does_not_join_is_refused():
+    parts = [
+        StripOutput(4, 2, 0, np.zeros((2, 2), np.uint8), 1.0, 0.0, 1.0, np.zeros(2), np.zeros(2), 0.0, 1),
+        StripOutput(4, 2, 3, np.zeros((1, 2), np.uint8), 1.0, 0.0, 1.0, np.zeros(2), np.zeros(2), 0.0, 1),
+    ]
+    with pytest.raises(ValueError, match="rows from 3, expected 2"):
+        join_strips(parts)
+    with pytest.raises(ValueError, match="end at row 2"):
+        join_strips(parts[:1])

@@ -11,11 +11,12 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from segbatch.io.regions import RegionReader
 from segbatch.models import ModelBundle, Preprocess
 from segbatch.models.resolve import resolve_model
 from segbatch.stages.predict import Predictor
 from segbatch.stages.read import read_batch
-from segbatch.stages.tiled import TiledRead
+from segbatch.stages.tiled import TiledRead, reduced_image
 from segbatch.stages.tiling import TileSpec
 
 REF = "tests.stages.test_tiled_instance:build_blobs"
@@ -37,17 +38,20 @@ def build_blobs() -> ModelBundle:
                        preprocess=Preprocess(resize=None, mean=None, std=None), instance=_blobs)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    """300x400: a disc across many tile borders, a bar across a row of tiles, a small square."""
+def draw_things(path: Path) -> Path:
+    """300x400 PNG at ``path``: a disc across many tile borders, a bar across a row of tiles, a small square."""
     img = Image.new("RGB", (400, 300))
     draw = ImageDraw.Draw(img)
     draw.ellipse((120, 70, 280, 230), fill=(255, 255, 255))
     draw.rectangle((10, 250, 390, 262), fill=(220, 240, 200))
     draw.rectangle((20, 20, 40, 40), fill=(200, 255, 255))
-    path = tmp_path_factory.mktemp("inst") / "things.png"
     img.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    return draw_things(tmp_path_factory.mktemp("inst") / "things.png")
 
 
 def _run(image: Path, tiling: TiledRead | None) -> tuple[np.ndarray, np.ndarray]:
@@ -80,3 +84,26 @@ def test_nms_drops_duplicates_but_leaves_a_cut_object_in_pieces(image):
     assert len(pieces) > 3
     best = [max(_iou(mask, p) for p in pieces.astype(bool)) for mask in untiled.astype(bool)]
     assert sorted(best)[0] < 0.5 and sorted(best)[-1] == 1.0  # the small square is one piece, the disc is not
+
+
+def test_a_full_image_pass_joins_pieces_that_tiles_without_overlap_cannot(image):
+    """Without overlap no two windows see the same pixels, so the disc's pieces cannot be matched;
+    the full-image pass sees it whole and every piece merges into it (SAHI's standard prediction)."""
+    untiled, _ = _run(image, None)
+    spec = TileSpec((96, 128), 0)
+    pieces, _ = _run(image, TiledRead(spec, merge="merge"))
+    assert len(pieces) > 3
+    whole, scores = _run(image, TiledRead(spec, merge="merge", full_pass=True))
+    assert len(whole) == 3 and list(scores) == [pytest.approx(0.9)] * 3
+    for mask in untiled.astype(bool):
+        assert max(_iou(mask, t) for t in whole.astype(bool)) >= 0.95
+
+
+def test_the_full_pass_reads_a_large_image_box_reduced_by_bands(image):
+    """Past FULL_PASS_PIXELS the full pass sees the image reduced by an integer factor, read in bands:
+    the same pixels as Pillow's reduce of the whole image."""
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    with RegionReader(str(image), None) as reader:
+        assert np.array_equal(reduced_image(reader, rgb.shape[0] * rgb.shape[1]), rgb)
+        small = reduced_image(reader, 10_000)  # 120 000 pixels: factor 4
+    assert np.array_equal(small, np.asarray(Image.fromarray(rgb).reduce(4)))
