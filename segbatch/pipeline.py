@@ -348,8 +348,9 @@ def _tiling(config: JobConfig, layout: Layout) -> Any:
         return None
     from segbatch.stages.tiled import TiledRead
 
-    # Tiles per forward pass as images are batched: the batch on a GPU, one on a CPU (faster there).
-    per_pass = layout.batch_size if layout.gpus_per_actor else 1
+    # Tiles per forward pass as images are batched: the batch on a GPU; on a CPU the model's own
+    # images per pass (ModelBundle.cpu_batch: 1 for convolutional networks, 2 for transformers).
+    per_pass = layout.batch_size if layout.gpus_per_actor else None
     return TiledRead(spec, dict(config.storage_options), config.high_bit_depth, config.max_image_pixels, per_pass,
                      config.tile_merge, config.tile_merge_threshold, config.tile_full_pass)  # fmt: skip
 

@@ -130,9 +130,15 @@ class Predictor:
         # Runs with labels: class probabilities at every quality_stride-th pixel of the class
         # map's grid, for the label-quality evidence (segbatch.quality) the encode stage makes.
         self.quality_stride = quality_stride
-        # Tiled runs (large images): each image is read by region here and run tile by tile.
+        # Tiled runs (large images): each image is read by region here and run tile by tile; tiles
+        # per pass unset (None): as many as images, the bundle's cpu_batch on a CPU (_tile_logits
+        # pads a short pass); always within max_batch.
+        if tiling is not None and tiling.tiles_per_pass is None:
+            step = self._cpu_step if self.device.type == "cpu" else (self.bundle.max_batch or 1)
+            tiling = dataclasses.replace(tiling, tiles_per_pass=step)
         if tiling is not None and self.bundle.max_batch:
-            tiling = dataclasses.replace(tiling, tiles_per_pass=min(tiling.tiles_per_pass, self.bundle.max_batch))
+            per_pass = min(tiling.tiles_per_pass or 1, self.bundle.max_batch)
+            tiling = dataclasses.replace(tiling, tiles_per_pass=per_pass)
         self.tiling = tiling
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -279,7 +285,7 @@ class Predictor:
             if self.bundle.task != "semantic":
                 part = detect_tiled(uri, self.tiling, self.preprocess, self._detect, strip)
                 return (part, part.t_read) if strip[1] > 1 else join_instance_strips([part])
-            piece = label_tiled(uri, self.tiling, self.preprocess, self._logits, len(self.bundle.categories),
+            piece = label_tiled(uri, self.tiling, self.preprocess, self._tile_logits, len(self.bundle.categories),
                                 self.device, UNCERTAIN_MARGIN, strip)  # fmt: skip
         if strip[1] > 1:
             return piece, piece.t_read
@@ -290,6 +296,21 @@ class Predictor:
         empty = np.zeros((0, 0), np.uint8)
         result = SemanticResult(out.label_map, empty, out.confidence, out.uncertain_share, out.class_scores, None)
         return result, out.t_read
+
+    def _tile_logits(self, tiles: list[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """:meth:`_logits` of a pass of tiles, a short pass on the CPU padded to the full one, as
+        :meth:`_run` pads images: a tile's logits never depend on how many tiles ran beside it,
+        so an image's strips join into exactly its whole-image result."""
+        n = len(tiles)
+        if self.device.type == "cpu" and n < self.tiling_step:
+            tiles = tiles + [tiles[-1]] * (self.tiling_step - n)
+        logits, via = self._logits(tiles)
+        return logits[:n], via
+
+    @property
+    def tiling_step(self) -> int:
+        """Tiles per forward pass of a tiled run."""
+        return self.tiling.tiles_per_pass or 1 if self.tiling is not None else 1
 
     def _detect(self, tiles: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Any]:
         """Tiles ``(3, h, w) uint8`` → the bundle's instances per tile at ``sizes`` (each window's)."""

@@ -76,14 +76,15 @@ class TiledRead:
     """How a model actor reads and tiles images (picklable: travels in the actor's settings).
 
     ``max_image_pixels``: more is an error row (0: no limit). ``tiles_per_pass``: windows per
-    forward pass (the job's batch size on a GPU; 1 on a CPU, where one image per pass was fastest).
+    forward pass (the job's batch size on a GPU; None on a CPU: the model's images per pass, its
+    bundle's ``cpu_batch``).
     """
 
     spec: TileSpec
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     high_bit_depth: HighBitDepth = "range"
     max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS
-    tiles_per_pass: int = 1
+    tiles_per_pass: int | None = 1  # None: the predictor's images per pass (its bundle's cpu_batch on a CPU)
     merge: str = "merge"  # instance models: how detections of overlapping tiles are merged
     merge_threshold: float = 0.5
     full_pass: bool = False  # instance models: also detect on the whole image (large objects)
@@ -92,7 +93,7 @@ class TiledRead:
     blend_budget: int = BLEND_BUDGET_BYTES
 
     def __post_init__(self) -> None:
-        if self.tiles_per_pass < 1:
+        if self.tiles_per_pass is not None and self.tiles_per_pass < 1:
             raise ValueError(f"tiles_per_pass must be >= 1, got {self.tiles_per_pass}")
 
 
@@ -232,8 +233,8 @@ def _label(
         blender = SemanticBlender(height, width, read.spec, num_classes, device, rows=(strip.start, strip.stop),
                                   cols=(cols.start, cols.stop))  # fmt: skip
         windows = blender.windows  # row-major: open sums stay within one grid row's bands
-        for start in range(0, len(windows), read.tiles_per_pass):
-            chunk: list[Window] = windows[start : start + read.tiles_per_pass]
+        for start in range(0, len(windows), read.tiles_per_pass or 1):
+            chunk: list[Window] = windows[start : start + (read.tiles_per_pass or 1)]
             t0 = time.perf_counter()
             tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in chunk]
             t_read += time.perf_counter() - t0
@@ -331,8 +332,8 @@ def detect_tiled(
             resize = tile_preprocess(preprocess, input_size(grid[0].h, grid[0].w, read.spec.scale))
             found: list[Instance] = []
             t_read = 0.0
-            for start in range(0, len(windows), read.tiles_per_pass):
-                chunk = windows[start : start + read.tiles_per_pass]
+            for start in range(0, len(windows), read.tiles_per_pass or 1):
+                chunk = windows[start : start + (read.tiles_per_pass or 1)]
                 t0 = time.perf_counter()
                 tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in chunk]
                 t_read += time.perf_counter() - t0

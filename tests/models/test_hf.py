@@ -22,6 +22,8 @@ from segbatch.models.bundle import ModelOptions
 from segbatch.models.resolve import load_bundle, resolve_model
 from segbatch.stages.predict import Predictor
 from segbatch.stages.read import read_batch
+from segbatch.stages.tiled import TiledRead, join_strips
+from segbatch.stages.tiling import TileSpec
 from tests.models import tiny
 
 
@@ -108,6 +110,22 @@ def test_an_images_result_does_not_depend_on_its_batch(models):
         assert np.array_equal(alone["label_map"][0], together["label_map"][i])
         assert alone["confidence"][0] == together["confidence"][i]
         assert np.array_equal(alone["class_scores"][0], together["class_scores"][i])
+
+
+def test_a_tiled_image_runs_cpu_batch_tiles_a_pass_and_its_strips_join_exactly(models):
+    """Tiled, a transformers model runs its ``cpu_batch`` tiles per pass on a CPU, a short pass
+    padded: strips (whose passes end elsewhere than the whole image's) join into the same map."""
+    spec = TileSpec((40, 64), 8)
+    predictor = Predictor(model=resolve_model(f"hf:{models['segformer']}"), device="cpu",
+                          tiling=TiledRead(spec, tiles_per_pass=None))  # fmt: skip
+    assert predictor.tiling is not None and predictor.tiling.tiles_per_pass == 2
+    uri = tiny.photos()[0]
+    whole = predictor._tiled(uri)[0]
+    parts = [predictor._tiled(uri, (k, 4))[0] for k in range(4)]
+    assert any(p.tiles % 2 for p in parts)  # a strip whose last pass was short, hence padded
+    joined = join_strips(parts)
+    assert np.array_equal(joined.label_map, whole.label_map)
+    assert joined.confidence == pytest.approx(whole.confidence, rel=1e-12)
 
 
 def test_upernet_coarse_logits_are_its_forward_before_the_final_upsampling(models):
