@@ -104,13 +104,14 @@ def encode_commit(
     """Encode predicted batches and commit them as one part file; returns (images, errors)."""
     import pyarrow.compute as pc
 
+    from segbatch.stages.columns import concat_columns
     from segbatch.stages.cpu_clock import stage_clock
     from segbatch.stages.encode import encode_batch
     from segbatch.stages.sink import commit_batch
     from segbatch.stages.strips import join_rows
 
     if batches and "strip_part" in batches[0]:  # strips of large images: one row per image again
-        batches = (join_rows({k: np.concatenate([b[k] for b in batches]) for k in batches[0]}),)
+        batches = (join_rows({k: concat_columns([b[k] for b in batches]) for k in batches[0]}),)
     images = sum(len(b["status"]) for b in batches)
     with stage_clock("encode", images):
         table = pa.concat_tables([encode_batch(b, spec) for b in batches])

@@ -69,17 +69,25 @@ def _encode_with_stats(stack: np.ndarray, category_ids: list[int], scores: list[
     ]
 
 
-def label_map_to_masks(label_map: np.ndarray, skip: Collection[int] = ()) -> list[EncodedMask]:
+def class_counts(label_map: np.ndarray) -> np.ndarray:
+    """``(max id + 1,) int64`` pixels per class id of an integer map: ``bincount``, not ``np.unique``
+    (a count per id in one pass instead of a sort: 4× faster at 640×480)."""
+    return np.bincount(label_map.ravel().astype(np.intp, copy=False))
+
+
+def label_map_to_masks(
+    label_map: np.ndarray, skip: Collection[int] = (), counts: np.ndarray | None = None
+) -> list[EncodedMask]:
     """One mask per class present in a ``(H, W)`` label map, in ascending class id.
 
     Args:
         label_map: ``(H, W)`` integer class ids.
         skip: class ids that get no mask (background).
+        counts: :func:`class_counts` of ``label_map`` when the caller has it.
     """
     if label_map.ndim != 2:
         raise ValueError(f"expected an (H, W) label map, got shape {label_map.shape}")
-    # bincount, not np.unique: a count per id in one pass instead of a sort (4× faster at 640×480).
-    counts = np.bincount(label_map.ravel().astype(np.intp, copy=False))
+    counts = class_counts(label_map) if counts is None else counts
     present = [int(c) for c in np.flatnonzero(counts) if int(c) not in skip]
     if not present:
         return []

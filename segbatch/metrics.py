@@ -38,6 +38,41 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(g * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def fold_columns(counts: np.ndarray, lut: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts over model ids ``(..., C_model) int64`` → over evaluation ids ``(..., K) int64``:
+    column ``c`` added into column ``lut[c]`` (exact: integer sums)."""
+    onehot = np.zeros((len(lut), num_classes), dtype=np.int64)
+    onehot[np.arange(len(lut)), lut] = 1
+    return counts @ onehot
+
+
+def confusion_mapped(gt: np.ndarray, model_ids: np.ndarray, lut: np.ndarray, num_classes: int) -> np.ndarray:
+    """``confusion(gt, lut[model_ids], num_classes)`` without mapping every pixel: the confusion of
+    labels against model ids, its columns folded through ``lut`` (:func:`fold_columns`)."""
+    if gt.shape != model_ids.shape:
+        raise ValueError(f"label shape {gt.shape} != prediction shape {model_ids.shape}")
+    g = gt.ravel().astype(np.int64, copy=False)
+    m = model_ids.ravel().astype(np.int64, copy=False)
+    keep = g != IGNORE
+    if not keep.all():
+        g, m = g[keep], m[keep]
+    models = len(lut)
+    if g.size and (g.min() < 0 or g.max() >= num_classes or m.min() < 0 or m.max() >= models):
+        raise ValueError(f"class ids outside [0, {num_classes}) in label or [0, {models}) in prediction")
+    by_model = np.bincount(g * models + m, minlength=num_classes * models).reshape(num_classes, models)
+    return fold_columns(by_model, lut, num_classes)
+
+
+def mapped_counts(model_counts: np.ndarray, lut: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(K,) int64`` predicted pixels per evaluation class from the ``bincount`` of the model ids
+    (:func:`prediction_counts` of ``lut[model_ids]``, without mapping every pixel)."""
+    if len(model_counts) > len(lut) and model_counts[len(lut) :].any():
+        raise ValueError(f"model class ids outside [0, {len(lut)}) in prediction")
+    counts = np.zeros(len(lut), dtype=np.int64)
+    counts[: min(len(lut), len(model_counts))] = model_counts[: len(lut)]
+    return fold_columns(counts, lut, num_classes)
+
+
 def prediction_counts(pred: np.ndarray, num_classes: int) -> np.ndarray:
     """``(K,) int64`` predicted pixels per class, for an image without a label."""
     return np.bincount(pred.ravel().astype(np.int64, copy=False), minlength=num_classes)[:num_classes]

@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from segbatch.metrics import IGNORE, ClassSums, DiceEvaluator, confusion, image_dice, prediction_counts
+from segbatch.metrics import (
+    IGNORE,
+    ClassSums,
+    DiceEvaluator,
+    confusion,
+    confusion_mapped,
+    image_dice,
+    mapped_counts,
+    prediction_counts,
+)
 
 GT_A = np.array([[0, 1], [1, 1]])
 PRED_A = np.array([[1, 1], [0, 1]])
@@ -86,3 +95,19 @@ def test_out_of_range_ids_are_refused():
         confusion(np.array([[0, 5]]), np.array([[0, 1]]), 2)
     with pytest.raises(ValueError, match="shape"):
         confusion(np.zeros((2, 2), int), np.zeros((2, 3), int), 2)
+
+
+def test_sums_folded_through_the_category_table_equal_sums_of_the_mapped_map():
+    """The encode stage folds model ids into evaluation ids after counting (no per-pixel mapping):
+    the very integers of mapping every pixel first, ignored label pixels and all."""
+    rng = np.random.default_rng(3)
+    lut = np.array([0, 2, 2, 1, 3, 0], dtype=np.int32)  # 6 model classes into 4, two merged twice
+    model = rng.integers(0, 6, size=(37, 53)).astype(np.uint8)
+    gt = rng.integers(0, 4, size=(37, 53)).astype(np.int32)
+    gt[rng.random(gt.shape) < 0.2] = IGNORE
+    assert np.array_equal(confusion_mapped(gt, model, lut, 4), confusion(gt, lut[model], 4))
+    assert np.array_equal(mapped_counts(np.bincount(model.ravel()), lut, 4), prediction_counts(lut[model], 4))
+    with pytest.raises(ValueError, match=r"or \[0, 6\) in prediction"):
+        confusion_mapped(gt, np.full_like(model, 6), lut, 4)
+    with pytest.raises(ValueError, match=r"model class ids outside \[0, 6\)"):
+        mapped_counts(np.bincount(np.array([0, 7])), lut, 4)

@@ -24,8 +24,8 @@ from segbatch.categories import PLACEHOLDER, EvalSpace, QualitySpace
 from segbatch.errors import ImageError
 from segbatch.io import fs as fsio
 from segbatch.io.labels import check_size, coco_label_map, read_mask_png
-from segbatch.masks import EncodedMask, instances_to_label_map, instances_to_masks, label_map_to_masks
-from segbatch.metrics import confusion, image_dice, prediction_counts
+from segbatch.masks import EncodedMask, class_counts, instances_to_label_map, instances_to_masks, label_map_to_masks
+from segbatch.metrics import confusion_mapped, image_dice, mapped_counts
 from segbatch.outputs.schema import PART_SCHEMA
 from segbatch.quality import ImageEvidence, image_evidence_from_maps
 
@@ -87,7 +87,8 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
     class_scores: np.ndarray | None = None
     if spec.task == "semantic":
         model_map = np.asarray(row["label_map"])
-        masks = label_map_to_masks(model_map, skip=() if spec.background is None else (spec.background,))
+        model_counts = class_counts(model_map)  # shared by the masks and the unlabeled counts
+        masks = label_map_to_masks(model_map, () if spec.background is None else (spec.background,), model_counts)
         class_scores = _confidence(row, out)
     else:
         inst = np.asarray(row["inst_masks"]).reshape(-1, h, w)
@@ -98,25 +99,28 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
         inst, labels, scores = inst[real], labels[real], scores[real]
         masks = instances_to_masks(inst, labels, scores)
         model_map = instances_to_label_map(inst, labels, scores, background=spec.background or 0)
+        model_counts = None
         out["confidence"] = float(scores.mean()) if len(scores) else None
         out["near_threshold"] = int((scores < spec.score_threshold + NEAR_THRESHOLD).sum())
     out["masks"] = [_mask_dict(m, spec.categories, class_scores) for m in masks]
     out["num_masks"] = len(masks)
     es = spec.eval_space
-    pred = es.predictions(model_map)
     try:
         gt = read_label(row, spec, h, w)
     except ImageError as err:
         gt = None
         out["status"], out["error"] = "error", str(err)
+    # Both sums fold model ids into evaluation ids through the table (es.predictions(model_map)
+    # maps every pixel: 0.6 of the ~3 ms an image took here, for the same integers).
     if gt is None:
-        counts = prediction_counts(pred, es.num_classes)
+        counts = mapped_counts(class_counts(model_map) if model_counts is None else model_counts, es.model_lut,
+                               es.num_classes)  # fmt: skip
         out["class_stats"] = [
             {"category": es.names[c], "intersection": None, "pred_pixels": int(counts[c]), "gt_pixels": None}
             for c in np.flatnonzero(counts)
         ]
     else:
-        conf = confusion(gt, pred, es.num_classes)
+        conf = confusion_mapped(gt, model_map, es.model_lut, es.num_classes)
         inter, p, g = np.diag(conf), conf.sum(axis=0), conf.sum(axis=1)
         out["labeled"] = True
         out["dice"] = image_dice(conf, es.background)

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -40,6 +40,8 @@ from segbatch.models.registry import get_model_spec
 from segbatch.models.resolve import ResolvedModel, load_bundle
 from segbatch.models.weights import ResolvedWeights, load_model
 from segbatch.stages.classmap import resampled_grid, upsampled_argmax_batch
+from segbatch.stages.columns import object_array as _object_array
+from segbatch.stages.columns import per_row
 from segbatch.stages.cpu_clock import stage_clock
 from segbatch.stages.device_decode import decode_resize
 from segbatch.stages.tiled import TiledRead, detect_tiled, join_instance_strips, join_strips, label_tiled
@@ -207,13 +209,13 @@ class Predictor:
             none = SemanticResult(np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8), np.nan, np.nan,
                                   np.zeros(0, np.float32), None)  # fmt: skip
             res = [r if r is not None else none for r in results]
-            out_batch["label_map"] = _object_array([r.label_map for r in res])
-            out_batch["top_prob"] = _object_array([r.top_prob for r in res])
+            out_batch["label_map"] = per_row([r.label_map for r in res])
+            out_batch["top_prob"] = per_row([r.top_prob for r in res])
             out_batch["confidence"] = np.array([r.confidence for r in res], dtype=np.float32)
             out_batch["uncertain_share"] = np.array([r.uncertain_share for r in res], dtype=np.float32)
             out_batch["class_scores"] = _object_array([r.class_scores for r in res])
             if self.quality_stride:
-                out_batch["quality_probs"] = _object_array([r.probs for r in res])
+                out_batch["quality_probs"] = per_row([r.probs for r in res])
         else:
             empty = (np.zeros((0, 0, 0), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float32))
             inst = [r if r is not None else empty for r in results]
@@ -440,11 +442,3 @@ def _on(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.to(device)
     return torch.from_numpy(np.array(image)).to(device)  # a copy: object-store arrays are read-only
-
-
-def _object_array(items: Sequence[Any]) -> np.ndarray:
-    """A 1-D object array of ndarrays (np.array would try to stack equal shapes)."""
-    arr = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        arr[i] = item
-    return arr

@@ -55,8 +55,12 @@ def join_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     groups: dict[Any, list[int]] = {}
     for i, image_id in enumerate(batch["image_id"].tolist()):
         groups.setdefault(image_id, []).append(i)
+    from segbatch.stages.columns import rows_of
+
     firsts = [rows[0] for rows in groups.values()]
-    out = {k: np.asarray(v)[firsts] for k, v in batch.items() if k not in STRIP_COLUMNS}
+    # Per-row arrays as object arrays: a joined image's map replaces its strips' empty ones.
+    out = {k: (rows_of(v) if v.ndim > 1 or v.dtype == object else v)[firsts] for k, v in batch.items()
+           if k not in STRIP_COLUMNS}  # fmt: skip
     for j, rows in enumerate(groups.values()):
         count = int(batch["strips"][rows[0]])
         rows = sorted(rows, key=lambda i: int(batch["strip"][i]))

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from segbatch.outputs import parts
 from segbatch.outputs.folder import PARTS, OutDir
 from segbatch.outputs.parts import compact_parts, merge_parts, part_rows, plan_compaction, write_part
 from segbatch.outputs.schema import PART_SCHEMA
@@ -105,3 +106,22 @@ def test_compaction_keeps_every_image_once_and_never_opens_more_than_fan_in(tmp_
     # Compacting again has nothing to do.
     files = out.part_files()
     assert compact_parts(out, fan_in=8, target_rows=64) == len(files) and out.part_files() == files
+
+
+def test_in_memory_and_streamed_merges_write_the_same_part(tmp_path):
+    """Compaction merges small groups in memory (Arrow's stable sort) and large ones row by row:
+    the same rows in the same order, the first copy of a duplicate kept, and a part written by an
+    earlier version (without a column) read with nulls there."""
+    out = OutDir.open(str(tmp_path))
+    write_parts(out, [[5, 1, 9], [2, 5], [7, 3]])
+    old = rows([4, 9]).drop_columns(["worker"]).set_column(1, "file_name", pa.array(["old4.jpg", "old9.jpg"]))
+    pq.write_table(old, tmp_path / PARTS / "part-old.parquet")
+    sources = out.part_files()
+    streamed = pq.read_table(parts._write_merged(out, sources))
+    in_memory = pq.read_table(parts._write_merged_table(out, sources))
+    assert in_memory.schema.equals(streamed.schema)
+    assert in_memory.to_pylist() == streamed.to_pylist()
+    assert in_memory.column("image_id").to_pylist() == [1, 2, 3, 4, 5, 7, 9]
+    first = {r["image_id"]: r for r in merge_parts(out, sources)}  # the reader's choice of copy
+    assert [r["file_name"] for r in in_memory.to_pylist()] == [first[i]["file_name"] for i in (1, 2, 3, 4, 5, 7, 9)]
+    assert "old4.jpg" in in_memory.column("file_name").to_pylist()  # the old part, read with its missing column
