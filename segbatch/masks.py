@@ -15,9 +15,9 @@ This module imports neither torch nor Ray.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -37,6 +37,72 @@ class EncodedMask:
     area: int
     bbox: tuple[float, float, float, float]
     score: float | None = None
+
+
+class Crop(NamedTuple):
+    """One instance as the crop of its box: ``mask`` ``(h, w) bool`` whose top-left pixel is
+    ``(y0, x0)`` of the image (tiled instance runs: memory of the crop, not of the image)."""
+
+    label: int
+    score: float
+    y0: int
+    x0: int
+    mask: np.ndarray
+
+
+def crop_rle(mask: np.ndarray, y0: int, x0: int, height: int, width: int) -> Rle:
+    """A crop ``(h, w) bool`` at ``(y0, x0)`` as the COCO RLE of the whole ``height × width`` mask
+    (``counts`` str), made without a full-size array: equal to :func:`encode_binary` of the pasted mask."""
+    h, w = mask.shape
+    if y0 < 0 or x0 < 0 or y0 + h > height or x0 + w > width:
+        raise ValueError(f"instance box {(y0, x0, y0 + h, x0 + w)} is outside the {height}x{width} image")
+    runs: list[int]
+    if not mask.any():
+        runs = [height * width]
+    else:
+        # Column-major (COCO) order, each crop column padded with a 0 above and below, so that
+        # runs start and end inside a column; pos maps a padded index to the image's index.
+        padded = np.zeros((w, h + 2), dtype=np.int8)
+        padded[:, 1:-1] = mask.T
+        edges = np.flatnonzero(np.diff(padded.ravel())) + 1  # first index of each new run
+        col, row = edges // (h + 2), edges % (h + 2) - 1
+        pos = (x0 + col) * height + y0 + row
+        # A run that ends at the bottom of the image and one that starts at the top of the next
+        # column are one run: equal end and start positions cancel.
+        starts, ends = pos[0::2], pos[1::2]
+        joined = np.isin(ends, starts)
+        bounds = np.sort(np.concatenate([starts[~np.isin(starts, ends)], ends[~joined]]))
+        runs = np.diff(np.concatenate([[0], bounds, [height * width]])).tolist()
+        if runs[-1] == 0:  # the mask reaches the last pixel: no closing run of 0s, as pycocotools writes it
+            runs.pop()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def crops_to_masks(crops: Sequence[Crop], height: int, width: int) -> list[EncodedMask]:
+    """Crops → encoded masks of the ``height × width`` image, in order: what :func:`instances_to_masks`
+    gives for the pasted masks (area and box from pycocotools, on the RLE)."""
+    if not crops:
+        return []
+    rles = [crop_rle(c.mask, c.y0, c.x0, height, width) for c in crops]
+    raw = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
+    areas, boxes = mask_utils.area(raw), mask_utils.toBbox(raw)
+    return [
+        EncodedMask(int(c.label), rles[k], int(areas[k]), tuple(float(v) for v in boxes[k]), float(c.score))  # type: ignore[arg-type]
+        for k, c in enumerate(crops)
+    ]
+
+
+def crops_to_label_map(crops: Sequence[Crop], height: int, width: int, background: int = 0) -> np.ndarray:
+    """:func:`instances_to_label_map` from crops: higher scores painted last (ties: the later crop),
+    ``uint8`` when every id fits (1 byte a pixel on a large image), else ``int32``."""
+    top = max([background, *(int(c.label) for c in crops)])
+    out = np.full((height, width), background, dtype=np.uint8 if 0 <= top < 256 and background >= 0 else np.int32)
+    for k in np.argsort([c.score for c in crops], kind="stable"):
+        c = crops[k]
+        h, w = c.mask.shape
+        out[c.y0 : c.y0 + h, c.x0 : c.x0 + w][c.mask.astype(bool, copy=False)] = int(c.label)
+    return out
 
 
 def encode_binary(masks: np.ndarray) -> list[Rle]:

@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 from segbatch.masks import (
+    Crop,
+    crop_rle,
+    crops_to_label_map,
+    crops_to_masks,
     decode_rle,
     encode_binary,
     instances_to_label_map,
@@ -71,3 +75,31 @@ def test_bad_shapes_are_named():
         label_map_to_masks(np.zeros((2, 2, 2), np.uint8))
     with pytest.raises(ValueError, match="N labels"):
         instances_to_masks(np.zeros((2, 3, 3), np.uint8), np.array([1]), np.array([0.5]))
+
+
+def test_crops_encode_as_their_pasted_masks_do():
+    """Tiled instances reach encode as crops of their boxes: the same RLE, area, box, order and
+    label map as the full-size masks they stand for, with no full-size mask made."""
+    rng = np.random.default_rng(5)
+    height, width = 23, 31
+    crops = []
+    for _ in range(6):
+        h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        mask = rng.random((h, w)) < 0.6
+        mask[0, :] = mask[-1, :] = True  # tight in height (as crops are); columns may hold gaps
+        score = float(np.float32(rng.choice([0.5, 0.7, 0.9])))  # a model's float32 score, as crops carry it
+        crops.append(Crop(int(rng.integers(1, 4)), score, y0, x0, mask))
+    crops.append(Crop(2, float(np.float32(0.8)), height - 3, width - 2, np.ones((3, 2), bool)))  # at the last pixel
+    full = np.zeros((len(crops), height, width), np.uint8)
+    for k, c in enumerate(crops):
+        full[k, c.y0 : c.y0 + c.mask.shape[0], c.x0 : c.x0 + c.mask.shape[1]] = c.mask
+    labels = np.array([c.label for c in crops])
+    scores = np.array([c.score for c in crops], np.float32)
+    assert crops_to_masks(crops, height, width) == instances_to_masks(full, labels, scores)
+    painted = crops_to_label_map(crops, height, width, background=0)
+    assert painted.dtype == np.uint8
+    assert np.array_equal(painted, instances_to_label_map(full, labels, scores, background=0))
+    assert crops_to_label_map([Crop(300, 0.5, 0, 0, np.ones((1, 1), bool))], 2, 2).dtype == np.int32
+    with pytest.raises(ValueError, match="outside the 23x31 image"):
+        crop_rle(np.ones((2, 2), bool), 22, 0, height, width)

@@ -24,7 +24,15 @@ from segbatch.categories import PLACEHOLDER, EvalSpace, QualitySpace
 from segbatch.errors import ImageError
 from segbatch.io import fs as fsio
 from segbatch.io.labels import check_size, coco_label_map, read_mask_png
-from segbatch.masks import EncodedMask, class_counts, instances_to_label_map, instances_to_masks, label_map_to_masks
+from segbatch.masks import (
+    EncodedMask,
+    class_counts,
+    crops_to_label_map,
+    crops_to_masks,
+    instances_to_label_map,
+    instances_to_masks,
+    label_map_to_masks,
+)
 from segbatch.metrics import confusion_mapped, image_dice, mapped_counts
 from segbatch.outputs.schema import PART_SCHEMA
 from segbatch.quality import ImageEvidence, image_evidence_from_maps
@@ -91,14 +99,20 @@ def _encode_row(row: Mapping[str, Any], spec: EncodeSpec) -> dict[str, Any]:
         masks = label_map_to_masks(model_map, () if spec.background is None else (spec.background,), model_counts)
         class_scores = _confidence(row, out)
     else:
-        inst = np.asarray(row["inst_masks"]).reshape(-1, h, w)
         labels, scores = np.asarray(row["inst_labels"]), np.asarray(row["inst_scores"])
         # Placeholder ids (torchvision's unused COCO ids) are no category: a trained model
         # never predicts them, an untrained one may.
         real = np.array([spec.categories[int(c)] != PLACEHOLDER for c in labels], dtype=bool)
-        inst, labels, scores = inst[real], labels[real], scores[real]
-        masks = instances_to_masks(inst, labels, scores)
-        model_map = instances_to_label_map(inst, labels, scores, background=spec.background or 0)
+        labels, scores = labels[real], scores[real]
+        crops = row.get("inst_crops")
+        if crops is not None:  # a tiled image: crops of their boxes, never N full-size masks
+            kept = [c for c, r in zip(crops, real, strict=True) if r]
+            masks = crops_to_masks(kept, h, w)
+            model_map = crops_to_label_map(kept, h, w, background=spec.background or 0)
+        else:
+            inst = np.asarray(row["inst_masks"]).reshape(-1, h, w)[real]
+            masks = instances_to_masks(inst, labels, scores)
+            model_map = instances_to_label_map(inst, labels, scores, background=spec.background or 0)
         model_counts = None
         out["confidence"] = float(scores.mean()) if len(scores) else None
         out["near_threshold"] = int((scores < spec.score_threshold + NEAR_THRESHOLD).sum())

@@ -44,7 +44,14 @@ from segbatch.stages.columns import object_array as _object_array
 from segbatch.stages.columns import per_row
 from segbatch.stages.cpu_clock import stage_clock
 from segbatch.stages.device_decode import decode_resize
-from segbatch.stages.tiled import TiledRead, detect_tiled, join_instance_strips, join_strips, label_tiled
+from segbatch.stages.tiled import (
+    TiledRead,
+    crops_result,
+    detect_tiled,
+    join_instance_strips,
+    join_strips,
+    label_tiled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +225,12 @@ class Predictor:
                 out_batch["quality_probs"] = per_row([r.probs for r in res])
         else:
             empty = (np.zeros((0, 0, 0), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float32))
-            inst = [r if r is not None else empty for r in results]
+            inst: list[tuple[Any, ...]] = [r if r is not None else empty for r in results]
             out_batch["inst_masks"] = _object_array([r[0] for r in inst])
             out_batch["inst_labels"] = _object_array([r[1] for r in inst])
             out_batch["inst_scores"] = _object_array([r[2] for r in inst])
+            if self.tiling is not None:  # tiled: the instances as crops (tiled.crops_result), None on error
+                out_batch["inst_crops"] = _object_array([r[3] if len(r) > 3 else None for r in inst])
         return out_batch
 
     def _decode_encoded(
@@ -286,7 +295,10 @@ class Predictor:
         ):
             if self.bundle.task != "semantic":
                 part = detect_tiled(uri, self.tiling, self.preprocess, self._detect, strip)
-                return (part, part.t_read) if strip[1] > 1 else join_instance_strips([part])
+                if strip[1] > 1:
+                    return part, part.t_read
+                merged, t_read = join_instance_strips([part])
+                return crops_result(merged), t_read
             piece = label_tiled(uri, self.tiling, self.preprocess, self._tile_logits, len(self.bundle.categories),
                                 self.device, UNCERTAIN_MARGIN, strip)  # fmt: skip
         if strip[1] > 1:

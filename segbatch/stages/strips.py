@@ -83,7 +83,7 @@ def join_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _set_joined(out: dict[str, np.ndarray], j: int, parts: list[Any]) -> None:
     # torch comes with these: imported where strips are joined, not by the driver that plans them.
-    from segbatch.stages.tiled import InstanceStrip, StripOutput, join_instance_strips, join_strips
+    from segbatch.stages.tiled import InstanceStrip, StripOutput, crops_result, join_instance_strips, join_strips
 
     if isinstance(parts[0], StripOutput):
         tiled = join_strips(parts)
@@ -94,5 +94,5 @@ def _set_joined(out: dict[str, np.ndarray], j: int, parts: list[Any]) -> None:
         return
     if not isinstance(parts[0], InstanceStrip):
         raise TypeError(f"a strip's part must be a StripOutput or an InstanceStrip, got {type(parts[0]).__name__}")
-    (masks, labels, scores), _ = join_instance_strips(parts)
-    out["inst_masks"][j], out["inst_labels"][j], out["inst_scores"][j] = masks, labels, scores
+    _, labels, scores, crops = crops_result(join_instance_strips(parts)[0])
+    out["inst_labels"][j], out["inst_scores"][j], out["inst_crops"][j] = labels, scores, crops

@@ -44,18 +44,19 @@ from PIL import Image
 from segbatch.io import fs as fsio
 from segbatch.io.images import HighBitDepth
 from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS, RegionReader
+from segbatch.masks import Crop
 from segbatch.models.preprocess import Preprocess
 from segbatch.stages.tiling import (
     Instance,
     SemanticBlender,
     TileSpec,
     Window,
+    as_crops,
     column_block_of,
     full_window,
     input_size,
     instances_from_masks,
     merge_instances,
-    paste_instances,
     strip_of,
     tile_grid,
 )
@@ -357,11 +358,18 @@ def detect_tiled(
     return InstanceStrip(height, width, found, t_read, len(windows), read.merge, read.merge_threshold)
 
 
-def join_instance_strips(parts: list[InstanceStrip]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+def join_instance_strips(parts: list[InstanceStrip]) -> tuple[list[Instance], float]:
     """The image's instances from all its strips, merged across tile (and strip) borders as the
-    strips say (``merge``, ``merge_threshold``): ``((N, H, W) uint8 masks, (N,) int64 labels,
-    (N,) float32 scores)``, and the seconds spent reading."""
-    height, width = parts[0].height, parts[0].width
+    strips say (``merge``, ``merge_threshold``), best score first; and the seconds spent reading."""
     found = [inst for p in parts for inst in p.instances]
     merged = [m for m in merge_instances(found, parts[0].merge, parts[0].merge_threshold) if m.area]
-    return paste_instances(merged, height, width), sum(p.t_read for p in parts)
+    return merged, sum(p.t_read for p in parts)
+
+
+def crops_result(merged: list[Instance]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Crop]]:
+    """A tiled image's instance result as the predictor hands it to encode: no full-size masks
+    (``(0, 0, 0) uint8``), ``(N,) int64`` labels, ``(N,) float32`` scores, and the N crops
+    (:class:`segbatch.masks.Crop`), which encode turns into full-size RLE without pasting them."""
+    labels = np.array([m.label for m in merged], dtype=np.int64)
+    scores = np.array([m.score for m in merged], dtype=np.float32)
+    return np.zeros((0, 0, 0), np.uint8), labels, scores, as_crops(merged)

@@ -29,9 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 
-from segbatch.masks import Rle
+from segbatch.masks import Crop, Rle, crop_rle
 
 BLENDS = ("mean", "gaussian")
 MERGES = ("nms", "merge")
@@ -644,31 +643,13 @@ def merge_instances(
 
 def instance_rle(inst: Instance, height: int, width: int) -> Rle:
     """The instance's mask over the whole ``height × width`` image as COCO RLE (``counts`` str),
-    made from its crop: memory of the crop, never ``height × width``."""
-    h, w = inst.mask.shape
-    if inst.y0 < 0 or inst.x0 < 0 or inst.y0 + h > height or inst.x0 + w > width:
-        raise ValueError(f"instance box {inst.box} is outside the {height}x{width} image")
-    runs: list[int]
-    if not inst.area:
-        runs = [height * width]
-    else:
-        # Column-major (COCO) order, each crop column padded with a 0 above and below, so that
-        # runs start and end inside a column; pos maps a padded index to the image's index.
-        padded = np.zeros((w, h + 2), dtype=np.int8)
-        padded[:, 1:-1] = inst.mask.T
-        edges = np.flatnonzero(np.diff(padded.ravel())) + 1  # first index of each new run
-        col, row = edges // (h + 2), edges % (h + 2) - 1
-        pos = (inst.x0 + col) * height + inst.y0 + row
-        # A run that ends at the bottom of the image and one that starts at the top of the next
-        # column are one run: equal end and start positions cancel.
-        starts, ends = pos[0::2], pos[1::2]
-        joined = np.isin(ends, starts)
-        bounds = np.sort(np.concatenate([starts[~np.isin(starts, ends)], ends[~joined]]))
-        runs = np.diff(np.concatenate([[0], bounds, [height * width]])).tolist()
-        if runs[-1] == 0:  # the mask reaches the last pixel: no closing run of 0s, as pycocotools writes it
-            runs.pop()
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
-    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    made from its crop: memory of the crop, never ``height × width`` (:func:`segbatch.masks.crop_rle`)."""
+    return crop_rle(inst.mask, inst.y0, inst.x0, height, width)
+
+
+def as_crops(instances: Sequence[Instance]) -> list[Crop]:
+    """The instances as :class:`segbatch.masks.Crop` s (torch-free: what travels to encode)."""
+    return [Crop(i.label, i.score, i.y0, i.x0, i.mask) for i in instances]
 
 
 def paste_instances(

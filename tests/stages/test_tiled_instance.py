@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from segbatch.io.regions import RegionReader
+from segbatch.masks import crop_rle, decode_rle
 from segbatch.models import ModelBundle, Preprocess
 from segbatch.models.resolve import resolve_model
 from segbatch.stages.predict import Predictor
@@ -59,7 +60,13 @@ def _run(image: Path, tiling: TiledRead | None) -> tuple[np.ndarray, np.ndarray]
     batch = read_batch({"uri": np.array([str(image)], dtype=object)}, predictor.preprocess, tiled=tiling is not None)
     out = predictor(batch)
     assert out["status"][0] == "ok", out["error"][0]
-    return out["inst_masks"][0], out["inst_scores"][0]
+    if tiling is None:
+        return out["inst_masks"][0], out["inst_scores"][0]
+    # Tiled: crops of their boxes, never full-size masks; pasted here to compare.
+    assert out["inst_masks"][0].size == 0
+    crops, (h, w) = out["inst_crops"][0], (int(out["height"][0]), int(out["width"][0]))
+    assert [c.score for c in crops] == list(out["inst_scores"][0])
+    return np.stack([decode_rle(crop_rle(c.mask, c.y0, c.x0, h, w)) for c in crops]), out["inst_scores"][0]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
