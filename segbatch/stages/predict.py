@@ -50,7 +50,8 @@ from segbatch.stages.tiled import (
     detect_tiled,
     join_instance_strips,
     join_strips,
-    label_tiled,
+    label_many,
+    label_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -167,19 +168,26 @@ class Predictor:
         if self.tiling is not None and "strips" in batch:
             strip_parts = np.full(n, None, dtype=object)
         if self.tiling is not None:
-            for i in ok:
-                t0 = time.perf_counter()
-                strip = (int(batch["strip"][i]), int(batch["strips"][i])) if strip_parts is not None else (0, 1)
-                try:
-                    results[i], read_s = self._tiled(str(batch["uri"][i]), strip)
+            # All the batch's images at once: a semantic model's passes take the tiles of several
+            # images (a GPU batch filled by small images' windows).
+            t0 = time.perf_counter()
+            jobs = [(str(batch["uri"][i]), self._strip_of(batch, i, strip_parts is not None)) for i in ok]
+            tiled = self._tiled_many(jobs)
+            read_total = 0.0
+            for i, (_, strip), out in zip(ok, jobs, tiled, strict=True):
+                if isinstance(out, ImageError):
+                    status[i], error[i] = "error", str(out)
+                elif isinstance(out, BaseException):
+                    status[i], error[i] = "error", f"predict: {type(out).__name__}: {out}"
+                else:
+                    results[i], read_s = out
+                    t_read[i] += read_s
+                    read_total += read_s
                     if strip[1] > 1:
                         assert strip_parts is not None
                         strip_parts[i], results[i] = results[i], None
-                except ImageError as err:
-                    status[i], error[i], read_s = "error", str(err), 0.0
-                except Exception as err:
-                    status[i], error[i], read_s = "error", f"predict: {type(err).__name__}: {err}", 0.0
-                t_predict[i] = time.perf_counter() - t0 - read_s
+            for i in ok:  # the passes were shared: each image an equal share of the model's time
+                t_predict[i] = max(0.0, time.perf_counter() - t0 - read_total) / len(ok)
             ok = []
         # Group images of one input shape: stacking them is exact, where padding to a common
         # size would change the model's output near borders and in global pooling.
@@ -285,31 +293,58 @@ class Predictor:
                 return self._semantic(batch, idx)[:n]
             return self._instance(batch, idx)[:n]
 
+    @staticmethod
+    def _strip_of(batch: dict[str, np.ndarray], i: int, split: bool) -> tuple[int, int]:
+        return (int(batch["strip"][i]), int(batch["strips"][i])) if split else (0, 1)
+
     def _tiled(self, uri: str, strip: tuple[int, int] = (0, 1)) -> tuple[Any, float]:
         """One image (``strip`` ``(0, 1)``), tile by tile (:mod:`segbatch.stages.tiled`), and the
         seconds spent reading; for strip ``(index, count > 1)`` its part to join instead of a result."""
+        out = self._tiled_many([(uri, strip)])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def _tiled_many(self, jobs: list[tuple[str, tuple[int, int]]]) -> list[tuple[Any, float] | BaseException]:
+        """:meth:`_tiled` of each ``(uri, strip)``, or the exception that ended it: a semantic
+        model's tiles go through shared passes (:func:`~segbatch.stages.tiled.label_many`), an
+        instance model's image by image."""
         assert self.tiling is not None
+        out: list[tuple[Any, float] | BaseException] = []
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None),
         ):
             if self.bundle.task != "semantic":
-                part = detect_tiled(uri, self.tiling, self.preprocess, self._detect, strip)
-                if strip[1] > 1:
-                    return part, part.t_read
-                merged, t_read = join_instance_strips([part])
-                return crops_result(merged), t_read
-            piece = label_tiled(uri, self.tiling, self.preprocess, self._tile_logits, len(self.bundle.categories),
-                                self.device, UNCERTAIN_MARGIN, strip)  # fmt: skip
-        if strip[1] > 1:
-            return piece, piece.t_read
-        out = join_strips([piece])
-        # No coarse confidence image and no label-quality probabilities for a tiled image: the
-        # tiles' coarse grids do not form one image, and probabilities at every 4th pixel of a
-        # 400 MP image would be ~1 GB (README "Large images").
-        empty = np.zeros((0, 0), np.uint8)
-        result = SemanticResult(out.label_map, empty, out.confidence, out.uncertain_share, out.class_scores, None)
-        return result, out.t_read
+                for uri, strip in jobs:
+                    try:
+                        part = detect_tiled(uri, self.tiling, self.preprocess, self._detect, strip)
+                    except Exception as err:
+                        out.append(err)
+                        continue
+                    if strip[1] > 1:
+                        out.append((part, part.t_read))
+                    else:
+                        merged, t_read = join_instance_strips([part])
+                        out.append((crops_result(merged), t_read))
+                return out
+            classes = len(self.bundle.categories)
+            steps = [label_steps(uri, self.tiling, self.preprocess, classes, self.device, UNCERTAIN_MARGIN, strip)
+                     for uri, strip in jobs]  # fmt: skip
+            pieces = label_many(steps, self._tile_logits, self.tiling_step)
+        for piece, (_, strip) in zip(pieces, jobs, strict=True):
+            if isinstance(piece, BaseException) or strip[1] > 1:
+                out.append(piece if isinstance(piece, BaseException) else (piece, piece.t_read))
+                continue
+            whole = join_strips([piece])
+            # No coarse confidence image and no label-quality probabilities for a tiled image: the
+            # tiles' coarse grids do not form one image, and probabilities at every 4th pixel of a
+            # 400 MP image would be ~1 GB (README "Large images").
+            empty = np.zeros((0, 0), np.uint8)
+            result = SemanticResult(whole.label_map, empty, whole.confidence, whole.uncertain_share,
+                                    whole.class_scores, None)  # fmt: skip
+            out.append((result, whole.t_read))
+        return out
 
     def _tile_logits(self, tiles: list[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int] | None]:
         """:meth:`_logits` of a pass of tiles, a short pass on the CPU padded to the full one, as

@@ -4,7 +4,8 @@ The read stage of a tiled run passes only each image's size (:func:`segbatch.sta
 :func:`label_tiled` opens the image with :class:`~segbatch.io.regions.RegionReader` (TIFF/BigTIFF
 read by region, other formats decoded once), walks the tile grid row-major, resizes each window to
 :func:`~segbatch.stages.tiling.input_size` with the model's own resize filter, runs
-``tiles_per_pass`` windows per forward pass, and feeds :class:`~segbatch.stages.tiling.SemanticBlender`,
+``tiles_per_pass`` windows per forward pass (shared by the images of a batch: :func:`label_many`
+runs each image as a coroutine, :func:`label_steps`), and feeds :class:`~segbatch.stages.tiling.SemanticBlender`,
 whose finished bands are copied into the ``(H, W) uint8`` class map — the only full-size array
 (1 byte a pixel); float logits exist per tile and per open band only.
 
@@ -33,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
@@ -185,13 +186,104 @@ def label_tiled(
     Raises :class:`~segbatch.errors.ImageError` for what cannot be read or decoded, or an image
     over ``read.max_image_pixels``; other exceptions come from the model.
     """
+    steps = label_steps(uri, read, preprocess, num_classes, device, uncertain_margin, strip)
+    result = label_many([steps], forward, read.tiles_per_pass or 1)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+# A tiled image's labelling as a coroutine: it yields the tiles ((3, h, w) uint8, one shape) it
+# needs logits for and is sent back (logits (n, C, h', w'), via); it returns its StripOutput.
+Steps = Generator[list[np.ndarray], tuple[torch.Tensor, tuple[int, int] | None], StripOutput]
+
+
+def label_steps(
+    uri: str,
+    read: TiledRead,
+    preprocess: Preprocess,
+    num_classes: int,
+    device: torch.device,
+    uncertain_margin: float,
+    strip: tuple[int, int] = (0, 1),
+) -> Steps:
+    """:func:`label_tiled` as :data:`Steps`, so that :func:`label_many` can fill one forward pass
+    with the tiles of several images; the image stays open until the coroutine ends or is closed."""
     source, opened = open_source(uri, read.storage_options)
     try:
         with RegionReader(source, read.max_image_pixels or None, read.high_bit_depth) as reader:
-            return _label(reader, read, preprocess, forward, num_classes, device, uncertain_margin, strip)
+            return (yield from _label(reader, read, preprocess, num_classes, device, uncertain_margin, strip))
     finally:
         if opened is not None:
             opened.close()
+
+
+def label_many(jobs: list[Steps], forward: Forward, per_pass: int) -> list[StripOutput | BaseException]:
+    """Run several images' :data:`Steps` in passes of ``per_pass`` tiles filled with the tiles of
+    as many images as it takes (those of one shape; a job's tiles may span two passes, and it gets
+    its logits once all are in): a GPU's batch stays full however few windows each image has.
+    Returns each job's result, or the exception that ended it: one image's unreadable file, or a
+    model error that its tiles also raise alone (a pass that fails is run again job by job, so that
+    one image cannot fail the others)."""
+    results: list[StripOutput | BaseException | None] = [None] * len(jobs)
+    pending: dict[int, list[np.ndarray]] = {}  # job → the tiles it waits on
+    taken: dict[int, int] = {}  # job → how many of them have run
+    got: dict[int, list[torch.Tensor]] = {}  # job → their logits so far
+
+    def advance(k: int, value: Any = None) -> None:
+        taken[k], got[k] = 0, []
+        try:
+            pending[k] = next(jobs[k]) if value is None else jobs[k].send(value)
+        except StopIteration as done:
+            pending.pop(k, None)
+            results[k] = done.value
+        except Exception as err:  # this image's failure, not its neighbours'
+            pending.pop(k, None)
+            results[k] = err
+
+    def fail(k: int, err: BaseException) -> None:
+        pending.pop(k)
+        jobs[k].close()  # its image is closed (label_steps' finally)
+        results[k] = err
+
+    def ran(k: int, logits: torch.Tensor, via: tuple[int, int] | None, stop: int) -> None:
+        got[k].append(logits)
+        taken[k] = stop
+        if stop == len(pending[k]):
+            advance(k, (got[k][0] if len(got[k]) == 1 else torch.cat(got[k]), via))
+
+    for k in range(len(jobs)):
+        advance(k)
+    while pending:
+        order = list(pending)  # job order: the first job's next tiles always run
+        shape = pending[order[0]][0].shape
+        parts: list[tuple[int, int, int]] = []  # (job, first tile, end)
+        room = max(1, per_pass)
+        for k in order:
+            if room and pending[k][0].shape == shape:
+                stop = min(len(pending[k]), taken[k] + room)
+                parts.append((k, taken[k], stop))
+                room -= stop - taken[k]
+        try:
+            logits, via = forward([t for k, a, b in parts for t in pending[k][a:b]])
+        except Exception as err:
+            if len(parts) == 1:  # its own error: the coroutine ends with it
+                fail(parts[0][0], err)
+                continue
+            for k, a, b in parts:  # the pass again, one image at a time
+                try:
+                    one, one_via = forward(pending[k][a:b])
+                except Exception as alone:
+                    fail(k, alone)
+                    continue
+                ran(k, one, one_via, b)
+            continue
+        start = 0
+        for k, a, b in parts:
+            ran(k, logits[start : start + b - a], via, b)
+            start += b - a
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
 
 
 def column_blocks(spec: TileSpec, num_classes: int, height: int, width: int, grid_cols: int, budget: int) -> int:
@@ -208,12 +300,11 @@ def _label(
     reader: RegionReader,
     read: TiledRead,
     preprocess: Preprocess,
-    forward: Forward,
     num_classes: int,
     device: torch.device,
     margin: float,
     strip_at: tuple[int, int],
-) -> StripOutput:
+) -> Steps:
     height, width = reader.height, reader.width
     grid = tile_grid(height, width, read.spec)
     strip = strip_of(grid, height, *strip_at)
@@ -239,7 +330,7 @@ def _label(
             t0 = time.perf_counter()
             tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in chunk]
             t_read += time.perf_counter() - t0
-            logits, via = forward(tiles)
+            logits, via = yield tiles
             if logits.dim() != 4 or logits.shape[0] != len(chunk) or logits.shape[1] != num_classes:
                 expected = f"({len(chunk)}, {num_classes}, h, w)"
                 raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, expected {expected}")

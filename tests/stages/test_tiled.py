@@ -118,3 +118,36 @@ def test_a_part_that_does_not_join_is_refused():
         join_strips(parts)
     with pytest.raises(ValueError, match="end at row 2"):
         join_strips(parts[:1])
+
+
+def test_passes_take_the_tiles_of_several_images_and_each_result_is_its_own(files, tmp_path):
+    """With 8 tiles a pass (a GPU's batch), three images of 9 windows each share passes (a job's
+    tiles may span two), a bad file in between fails alone, and every image's map equals the one
+    it gets alone (a pass is padded to 8 on the CPU, so that a tile's logits do not depend on it)."""
+    spec = TileSpec((64, 80), 16)
+    predictor = Predictor(
+        model=resolve_model("unet", "DEFAULT"), device="cpu", tiling=TiledRead(spec, tiles_per_pass=8)
+    )
+    rgb = np.asarray(Image.open(files["png"]).convert("RGB"))
+    paths = [files["png"], files["bad"], files["tiff"]]
+    flipped = tmp_path / "flipped.png"
+    Image.fromarray(np.ascontiguousarray(rgb[::-1])).save(flipped)
+    paths.append(flipped)
+    passes: list[int] = []
+    real = predictor._logits
+
+    def counting(tiles):
+        passes.append(len(tiles))
+        return real(tiles)
+
+    predictor._logits = counting  # type: ignore[method-assign]  # the real forward, counted
+    together = _predict(predictor, *paths)
+    assert list(together["status"]) == ["ok", "error", "ok", "ok"]
+    # 27 tiles: image by image 6 passes (8 + 1 each); shared, 5 (the last ones padded to 8).
+    assert len(tile_grid(150, 200, spec)) == 9 and len(passes) == 5 and set(passes) == {8}
+    for k, path in enumerate(paths):
+        if k == 1:
+            continue
+        alone = _predict(predictor, path)
+        assert np.array_equal(alone["label_map"][0], together["label_map"][k]), path.name
+        assert alone["confidence"][0] == pytest.approx(together["confidence"][k], rel=1e-6)
