@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
@@ -222,9 +223,9 @@ def label_many(jobs: list[Steps], forward: Forward, per_pass: int) -> list[Strip
     """Run several images' :data:`Steps` in passes of ``per_pass`` tiles filled with the tiles of
     as many images as it takes (those of one shape; a job's tiles may span two passes, and it gets
     its logits once all are in): a GPU's batch stays full however few windows each image has.
-    Returns each job's result, or the exception that ended it: one image's unreadable file, or a
-    model error that its tiles also raise alone (a pass that fails is run again job by job, so that
-    one image cannot fail the others)."""
+    Images are opened in order as passes need their tiles. Returns each job's result, or the
+    exception that ended it: one image's unreadable file, or a model error that its tiles also raise
+    alone (a pass that fails is run again job by job, so that one image cannot fail the others)."""
     results: list[StripOutput | BaseException | None] = [None] * len(jobs)
     pending: dict[int, list[np.ndarray]] = {}  # job → the tiles it waits on
     taken: dict[int, int] = {}  # job → how many of them have run
@@ -252,9 +253,13 @@ def label_many(jobs: list[Steps], forward: Forward, per_pass: int) -> list[Strip
         if stop == len(pending[k]):
             advance(k, (got[k][0] if len(got[k]) == 1 else torch.cat(got[k]), via))
 
-    for k in range(len(jobs)):
-        advance(k)
-    while pending:
+    # Images are opened only as passes need their tiles (an image decoded once, not by region,
+    # holds all its pixels while open): one or two at a time when each fills passes by itself.
+    unopened = deque(range(len(jobs)))
+    while pending or unopened:
+        if not pending:
+            advance(unopened.popleft())
+            continue
         order = list(pending)  # job order: the first job's next tiles always run
         shape = pending[order[0]][0].shape
         parts: list[tuple[int, int, int]] = []  # (job, first tile, end)
@@ -264,6 +269,13 @@ def label_many(jobs: list[Steps], forward: Forward, per_pass: int) -> list[Strip
                 stop = min(len(pending[k]), taken[k] + room)
                 parts.append((k, taken[k], stop))
                 room -= stop - taken[k]
+        while room and unopened:  # room left: the next images' first tiles
+            k = unopened.popleft()
+            advance(k)
+            if k in pending and pending[k][0].shape == shape:
+                stop = min(len(pending[k]), room)
+                parts.append((k, 0, stop))
+                room -= stop
         try:
             logits, via = forward([t for k, a, b in parts for t in pending[k][a:b]])
         except Exception as err:

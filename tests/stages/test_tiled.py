@@ -16,7 +16,7 @@ from PIL import Image
 from segbatch.models.resolve import resolve_model
 from segbatch.stages.predict import UNCERTAIN_MARGIN, Predictor
 from segbatch.stages.read import read_batch
-from segbatch.stages.tiled import StripOutput, TiledRead, column_blocks, join_strips, label_tiled
+from segbatch.stages.tiled import StripOutput, TiledRead, column_blocks, join_strips, label_many, label_tiled
 from segbatch.stages.tiling import TileSpec, tile_grid
 
 SAMPLE = Path(__file__).resolve().parents[2] / "segbatch" / "data" / "sample" / "images"
@@ -151,3 +151,37 @@ def test_passes_take_the_tiles_of_several_images_and_each_result_is_its_own(file
         alone = _predict(predictor, path)
         assert np.array_equal(alone["label_map"][0], together["label_map"][k]), path.name
         assert alone["confidence"][0] == pytest.approx(together["confidence"][k], rel=1e-6)
+
+
+def test_images_open_only_as_passes_need_their_tiles():
+    """label_many opens the next image only when the open ones leave room in a pass: large images
+    (many windows) one or two at a time, small ones as many as fill a pass; a model error of one
+    image's tiles fails that image alone."""
+    state = {"open": 0, "peak": 0}
+
+    def job(tiles: int, per_chunk: int, bad: bool = False):
+        state["open"] += 1
+        state["peak"] = max(state["peak"], state["open"])
+        try:
+            left = tiles
+            while left:
+                n = min(per_chunk, left)
+                logits, _ = yield [np.full((3, 2, 2), 99 if bad else tiles, np.uint8)] * n
+                assert len(logits) == n
+                left -= n
+            return tiles
+        finally:
+            state["open"] -= 1
+
+    def forward(tiles):
+        if any(int(t[0, 0, 0]) == 99 for t in tiles):
+            raise RuntimeError("this image's tiles break the model")
+        return torch.zeros((len(tiles), 1, 2, 2)), None
+
+    big = label_many([job(10, 4) for _ in range(4)], forward, 4)
+    assert big == [10] * 4 and state["peak"] <= 2
+    state["peak"] = 0
+    small = label_many([job(1, 4) for _ in range(8)], forward, 4)
+    assert small == [1] * 8 and state["peak"] == 4
+    mixed = label_many([job(3, 4), job(2, 4, bad=True), job(3, 4)], forward, 4)
+    assert mixed[0] == 3 and mixed[2] == 3 and isinstance(mixed[1], RuntimeError) and state["open"] == 0
