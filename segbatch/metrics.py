@@ -26,6 +26,11 @@ IGNORE = -1
 
 def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """``(K, K) int64`` confusion matrix of one image; rows are labels, columns predictions."""
+    return _pair_counts(gt, pred, num_classes, num_classes)
+
+
+def _pair_counts(gt: np.ndarray, pred: np.ndarray, labels: int, preds: int) -> np.ndarray:
+    """``(labels, preds) int64`` pixels per (label id, prediction id), ignored labels left out."""
     if gt.shape != pred.shape:
         raise ValueError(f"label shape {gt.shape} != prediction shape {pred.shape}")
     g = gt.ravel().astype(np.int64, copy=False)
@@ -33,9 +38,10 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     keep = g != IGNORE
     if not keep.all():
         g, p = g[keep], p[keep]
-    if g.size and (g.min() < 0 or g.max() >= num_classes or p.min() < 0 or p.max() >= num_classes):
-        raise ValueError(f"class ids outside [0, {num_classes}) in label or prediction")
-    return np.bincount(g * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    if g.size and (g.min() < 0 or g.max() >= labels or p.min() < 0 or p.max() >= preds):
+        where = "label or prediction" if labels == preds else f"label or [0, {preds}) in prediction"
+        raise ValueError(f"class ids outside [0, {labels}) in {where}")
+    return np.bincount(g * preds + p, minlength=labels * preds).reshape(labels, preds)
 
 
 def fold_columns(counts: np.ndarray, lut: np.ndarray, num_classes: int) -> np.ndarray:
@@ -49,17 +55,7 @@ def fold_columns(counts: np.ndarray, lut: np.ndarray, num_classes: int) -> np.nd
 def confusion_mapped(gt: np.ndarray, model_ids: np.ndarray, lut: np.ndarray, num_classes: int) -> np.ndarray:
     """``confusion(gt, lut[model_ids], num_classes)`` without mapping every pixel: the confusion of
     labels against model ids, its columns folded through ``lut`` (:func:`fold_columns`)."""
-    if gt.shape != model_ids.shape:
-        raise ValueError(f"label shape {gt.shape} != prediction shape {model_ids.shape}")
-    g = gt.ravel().astype(np.int64, copy=False)
-    m = model_ids.ravel().astype(np.int64, copy=False)
-    keep = g != IGNORE
-    if not keep.all():
-        g, m = g[keep], m[keep]
-    models = len(lut)
-    if g.size and (g.min() < 0 or g.max() >= num_classes or m.min() < 0 or m.max() >= models):
-        raise ValueError(f"class ids outside [0, {num_classes}) in label or [0, {models}) in prediction")
-    by_model = np.bincount(g * models + m, minlength=num_classes * models).reshape(num_classes, models)
+    by_model = _pair_counts(gt, model_ids, num_classes, len(lut))
     return fold_columns(by_model, lut, num_classes)
 
 
