@@ -181,6 +181,32 @@ _LABEL_STUDIO_OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+# Switches of `run`: flag, JobConfig field, store_true / store_false, help.
+_SWITCHES: list[tuple[str, str, str, str]] = [
+    (
+        "--no-channels-last",
+        "channels_last",
+        "store_false",
+        "run the model in torchvision's default tensor layout (NCHW), not channels-last "
+        "(channels-last applies on the CPU and under GPU fp16/bf16)",
+    ),
+    (
+        "--no-fold-batchnorm",
+        "fold_batchnorm",
+        "store_false",
+        "keep BatchNorm as its own operator instead of folding it into the convolution before it",
+    ),
+    (
+        "--tile-full-pass",
+        "tile_full_pass",
+        "store_true",
+        "instance models, tiled: also detect on the whole image (objects larger than a tile)",
+    ),
+    ("--verbose", "verbose", "store_true", "show Ray Data's own per-operator progress lines too"),
+    ("--no-report", "report", "store_false", "do not write report.html at the end of the run"),
+]
+
+
 def _add_options(p: argparse.ArgumentParser, options: list[tuple[str, str, Any, str]]) -> None:
     for flag, dest, typ, help_text in options:
         p.add_argument(flag, dest=dest, type=typ, default=argparse.SUPPRESS, help=help_text)
@@ -196,42 +222,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="extra forms written after the run, comma-separated: label-studio, cvat-masks (COCO is always written)",
     )
-    p.add_argument(
-        "--no-channels-last",
-        dest="channels_last",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="run the model in torchvision's default tensor layout (NCHW), not channels-last "
-        "(channels-last applies on the CPU and under GPU fp16/bf16)",
-    )
-    p.add_argument(
-        "--no-fold-batchnorm",
-        dest="fold_batchnorm",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="keep BatchNorm as its own operator instead of folding it into the convolution before it",
-    )
-    p.add_argument(
-        "--tile-full-pass",
-        dest="tile_full_pass",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="instance models, tiled: also detect on the whole image (objects larger than a tile)",
-    )
-    p.add_argument(
-        "--verbose",
-        dest="verbose",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="show Ray Data's own per-operator progress lines too",
-    )
-    p.add_argument(
-        "--no-report",
-        dest="report",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="do not write report.html at the end of the run",
-    )
+    for flag, dest, action, help_text in _SWITCHES:
+        p.add_argument(flag, dest=dest, action=action, default=argparse.SUPPRESS, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:

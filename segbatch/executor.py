@@ -256,9 +256,10 @@ class Executor:
             last = not (upcoming or reads or predicting)
             if strips > 1:
                 predicted = self._commit_images(predicted, strips, group, last, encode, encoding)
-            while predicted and strips == 1 and (len(predicted) >= group or last):
-                chunk, predicted = predicted[:group], predicted[group:]
-                encoding[encode([b.predicted for b in chunk])] = chunk
+            else:
+                while predicted and (len(predicted) >= group or last):
+                    chunk, predicted = predicted[:group], predicted[group:]
+                    encoding[encode([b.predicted for b in chunk])] = chunk
             waiting = [a.ready_ref for a in self.actors if not a.ready] + list(predicting) + list(encoding)
             done, _ = ray.wait(waiting, num_returns=1, timeout=WAIT_S) if waiting else ([], [])
             if done:  # take everything that finished meanwhile, not just one

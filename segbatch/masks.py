@@ -85,12 +85,7 @@ def crops_to_masks(crops: Sequence[Crop], height: int, width: int) -> list[Encod
     if not crops:
         return []
     rles = [crop_rle(c.mask, c.y0, c.x0, height, width) for c in crops]
-    raw = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
-    areas, boxes = mask_utils.area(raw), mask_utils.toBbox(raw)
-    return [
-        EncodedMask(int(c.label), rles[k], int(areas[k]), tuple(float(v) for v in boxes[k]), float(c.score))  # type: ignore[arg-type]
-        for k, c in enumerate(crops)
-    ]
+    return _with_stats(rles, [int(c.label) for c in crops], [float(c.score) for c in crops])
 
 
 def crops_to_label_map(crops: Sequence[Crop], height: int, width: int, background: int = 0) -> np.ndarray:
@@ -119,7 +114,11 @@ def decode_rle(rle: Rle) -> np.ndarray:
 
 
 def _encode_with_stats(stack: np.ndarray, category_ids: list[int], scores: list[float] | None) -> list[EncodedMask]:
-    rles = encode_binary(stack)
+    return _with_stats(encode_binary(stack), category_ids, scores)
+
+
+def _with_stats(rles: list[Rle], category_ids: list[int], scores: list[float] | None) -> list[EncodedMask]:
+    """RLEs → encoded masks with pycocotools' area and box of each."""
     raw = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
     areas = mask_utils.area(raw)
     boxes = mask_utils.toBbox(raw)

@@ -186,8 +186,8 @@ class Predictor:
                     if strip[1] > 1:
                         assert strip_parts is not None
                         strip_parts[i], results[i] = results[i], None
-            for i in ok:  # the passes were shared: each image an equal share of the model's time
-                t_predict[i] = max(0.0, time.perf_counter() - t0 - read_total) / len(ok)
+            share = max(0.0, time.perf_counter() - t0 - read_total) / max(1, len(ok))
+            t_predict[ok] = share  # the passes were shared: each image an equal share of the model's time
             ok = []
         # Group images of one input shape: stacking them is exact, where padding to a common
         # size would change the model's output near borders and in global pooling.
@@ -359,7 +359,7 @@ class Predictor:
     @property
     def tiling_step(self) -> int:
         """Tiles per forward pass of a tiled run."""
-        return self.tiling.tiles_per_pass or 1 if self.tiling is not None else 1
+        return self.tiling.per_pass if self.tiling is not None else 1
 
     def _detect(self, tiles: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Any]:
         """Tiles ``(3, h, w) uint8`` → the bundle's instances per tile at ``sizes`` (each window's)."""

@@ -14,14 +14,16 @@ Instance models, sliced (SAHI): :func:`detect_tiled` runs the model on each wind
 than a tile), moves its detections into image coordinates as crops of their boxes;
 :func:`join_instance_strips` merges those of neighbouring windows
 (:func:`~segbatch.stages.tiling.merge_instances`: ``merge`` by intersection over the smaller mask,
-or mask ``nms``) and pastes the merged masks at full size, the instance result of an untiled image.
+or mask ``nms``), and :func:`crops_result` hands them to encode as crops of their boxes, which it
+encodes at full size: the instance result of an untiled image, with no full-size mask.
 
 Strips (:func:`~segbatch.stages.tiling.strip_of`): one image may be split into horizontal strips of
 grid rows that run on different model actors; each returns its class-map rows (blended from every
 window that meets them: with overlap, the grid row above a strip runs in both) and the sums of the
 tiles it owns, or its windows' detections, and :func:`join_strips` / :func:`join_instance_strips`
-make the image's result — the same as one strip of the whole image (tiles run one per pass on a
-CPU; on a GPU a tile's logits may move in their last bits with the tiles batched beside it).
+make the image's result — the same as one strip of the whole image (on a CPU a short pass is
+padded to full size, so a tile's logits do not depend on its pass; on a GPU they may move in their
+last bits with the tiles batched beside it).
 
 Confidence comes from the tiles' coarse logits (no second pass): the mean top-class probability and
 the share of coarse pixels whose top two are within ``uncertain_margin``, over every tile's coarse
@@ -54,6 +56,7 @@ from segbatch.stages.tiling import (
     TileSpec,
     Window,
     as_crops,
+    blend_bound_bytes,
     column_block_of,
     full_window,
     input_size,
@@ -98,6 +101,11 @@ class TiledRead:
     def __post_init__(self) -> None:
         if self.tiles_per_pass is not None and self.tiles_per_pass < 1:
             raise ValueError(f"tiles_per_pass must be >= 1, got {self.tiles_per_pass}")
+
+    @property
+    def per_pass(self) -> int:
+        """Windows per forward pass (1 while ``tiles_per_pass`` is unset)."""
+        return self.tiles_per_pass or 1
 
 
 class TiledOutput(NamedTuple):
@@ -188,7 +196,7 @@ def label_tiled(
     over ``read.max_image_pixels``; other exceptions come from the model.
     """
     steps = label_steps(uri, read, preprocess, num_classes, device, uncertain_margin, strip)
-    result = label_many([steps], forward, read.tiles_per_pass or 1)[0]
+    result = label_many([steps], forward, read.per_pass)[0]
     if isinstance(result, BaseException):
         raise result
     return result
@@ -303,8 +311,7 @@ def column_blocks(spec: TileSpec, num_classes: int, height: int, width: int, gri
     bytes: :meth:`SemanticBlender.row_major_bound_bytes` grows with the image's width (a grid
     row's overlap band stays open for the next row), a block's with the block's. Each block after
     the first runs the grid column before it again (with overlap): blocks only when over budget."""
-    g = 1 if spec.blend == "gaussian" else 0
-    bound = 8 * (num_classes + g) * min(spec.tile[0], height) * width
+    bound = blend_bound_bytes(spec, num_classes, height, width)
     return max(1, min(grid_cols, -(-bound // max(1, budget))))
 
 
@@ -337,11 +344,10 @@ def _label(
         blender = SemanticBlender(height, width, read.spec, num_classes, device, rows=(strip.start, strip.stop),
                                   cols=(cols.start, cols.stop))  # fmt: skip
         windows = blender.windows  # row-major: open sums stay within one grid row's bands
-        for start in range(0, len(windows), read.tiles_per_pass or 1):
-            chunk: list[Window] = windows[start : start + (read.tiles_per_pass or 1)]
-            t0 = time.perf_counter()
-            tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in chunk]
-            t_read += time.perf_counter() - t0
+        for start in range(0, len(windows), read.per_pass):
+            chunk: list[Window] = windows[start : start + read.per_pass]
+            tiles, seconds = _read_tiles(reader, chunk, resize)
+            t_read += seconds
             logits, via = yield tiles
             if logits.dim() != 4 or logits.shape[0] != len(chunk) or logits.shape[1] != num_classes:
                 expected = f"({len(chunk)}, {num_classes}, h, w)"
@@ -358,6 +364,13 @@ def _label(
     sums, counts = stats.score_sums.cpu().numpy(), stats.score_counts.cpu().numpy()
     return StripOutput(height, width, strip.start, label_map, stats.top_sum, stats.uncertain, stats.pixels, sums,
                        counts, t_read, ran)  # fmt: skip
+
+
+def _read_tiles(reader: RegionReader, windows: list[Window], resize: Preprocess) -> tuple[list[np.ndarray], float]:
+    """The windows' pixels at the model's input size, ``(3, h, w) uint8`` each, and the seconds it took."""
+    t0 = time.perf_counter()
+    tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in windows]
+    return tiles, time.perf_counter() - t0
 
 
 class _Confidence:
@@ -436,11 +449,10 @@ def detect_tiled(
             resize = tile_preprocess(preprocess, input_size(grid[0].h, grid[0].w, read.spec.scale))
             found: list[Instance] = []
             t_read = 0.0
-            for start in range(0, len(windows), read.tiles_per_pass or 1):
-                chunk = windows[start : start + (read.tiles_per_pass or 1)]
-                t0 = time.perf_counter()
-                tiles = [resize.resize_chw(reader.read(w.y0, w.x0, w.h, w.w)) for w in chunk]
-                t_read += time.perf_counter() - t0
+            for start in range(0, len(windows), read.per_pass):
+                chunk = windows[start : start + read.per_pass]
+                tiles, seconds = _read_tiles(reader, chunk, resize)
+                t_read += seconds
                 for window, (masks, labels, scores) in zip(
                     chunk, detect(tiles, [(w.h, w.w) for w in chunk]), strict=True
                 ):

@@ -276,6 +276,14 @@ class Band(NamedTuple):
     labels: np.ndarray
 
 
+def blend_bound_bytes(spec: TileSpec, num_classes: int, height: int, width: int) -> int:
+    """The most open float64 sums :class:`SemanticBlender` holds for ``width`` columns of a
+    ``height``-row image when grid rows arrive in order: ``8 × (C + g) × min(tile_h, H) × width``
+    (``g`` = 1 for the gaussian's summed weights)."""
+    g = 1 if spec.blend == "gaussian" else 0
+    return 8 * (num_classes + g) * min(spec.tile[0], height) * width
+
+
 class SemanticBlender:
     """Blends the tiles of ONE image into its class map, band by band, in bounded memory.
 
@@ -356,8 +364,7 @@ class SemanticBlender:
 
     def row_major_bound_bytes(self) -> int:
         """The most :attr:`buffer_bytes` can reach when grid rows arrive in order (see the class docstring)."""
-        g = 1 if self.spec.blend == "gaussian" else 0
-        return 8 * (self.num_classes + g) * min(self.spec.tile[0], self.height) * self.band_width
+        return blend_bound_bytes(self.spec, self.num_classes, self.height, self.band_width)
 
     def add(self, window: Window, logits: torch.Tensor, via: tuple[int, int] | None = None) -> list[Band]:
         """Add one tile's logits ``(C, h, w)`` (any size: resampled to the window through ``via``);
