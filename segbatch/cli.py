@@ -106,7 +106,7 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
         "decode",
         str,
         "where JPEGs are decoded and resized: host (read tasks), device (the model actor, its GPU if it "
-        "has one; encoded bytes travel) or auto (default: device when the actors have a GPU)",
+        "has one; encoded bytes travel) or auto (default: device)",
     ),
     (
         "--max-image-pixels",

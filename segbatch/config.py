@@ -92,7 +92,7 @@ class JobConfig:
     high_bit_depth: HighBitDepth = "range"
     # Where JPEGs are decoded and resized: "host" (the read tasks), "device" (the model actor:
     # its GPU, or torchvision's CPU decoder on a CPU actor; encoded bytes travel instead of
-    # pixels) or "auto" (device when the actors have a GPU). The same pixels either way, so not
+    # pixels) or "auto" (device, on GPUs and CPUs alike). The same pixels either way, so not
     # part of the job's identity; job.json's layout records the mode that ran.
     decode: DecodeMode = "auto"
     # Pixels an image may have (Pillow's decompression-bomb guard, made explicit): more is an

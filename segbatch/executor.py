@@ -49,6 +49,11 @@ class ModelNotLoaded(RuntimeError):
     """A model actor that Ray restarted (its process died) has no model until loaded again."""
 
 
+class ModelLoadError(JobError):
+    """The model actors cannot build the model (weights that do not fit it, found where it is
+    built), or built another than the driver planned: nothing was labeled."""
+
+
 WAIT_S = 0.25  # the loop wakes at least this often: progress, watchdog
 
 
@@ -62,21 +67,23 @@ class ModelActor:
         threads = settings.get("num_threads")
         if threads:
             torch.set_num_threads(int(threads))
-        from segbatch.stages.actor import placement  # torchvision and the predictor, imported now too
+        from segbatch.stages.actor import placement  # the predictor, imported now too (torchvision: in load)
 
         if settings.get("announce"):  # --verbose: every actor says where it runs as soon as it exists
             print(f"segbatch: model actor started: {placement()[1]}", flush=True)
         self.settings = dict(settings)
         self.predictor: Any = None
 
-    def load(self, model_holder: list[Any]) -> str:
-        """Build the model from ``[ObjectRef of a ResolvedModel]``; returns where it runs."""
+    def load(self, model_holder: list[Any]) -> tuple[str, dict[str, Any]]:
+        """Build the model from ``[ObjectRef of a ResolvedModel]``; returns where it runs and the
+        built model's :meth:`~segbatch.models.info.ModelInfo.signature` (the driver planned from one)."""
+        from segbatch.models.info import ModelInfo
         from segbatch.stages.actor import RayPredictor
         from segbatch.stages.cpu_clock import mark
 
         self.predictor = RayPredictor(model_holder=model_holder, **self.settings)
         mark("actor_start")  # bench/overhead.py: its start-up CPU, apart from the per-image cost
-        return str(self.predictor.worker)
+        return str(self.predictor.worker), ModelInfo.of(self.predictor.bundle).signature()
 
     def predict(self, batch: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
         """(images, predicted batch): called with ``num_returns=2``, so that the driver learns the
@@ -148,6 +155,7 @@ class Executor:
     settings: dict[str, Any]  # ModelActor settings (Predictor keyword arguments but the model)
     handles: list[Any] = field(default_factory=list)  # the ModelActors, from the start
     model_ref: Any = None  # the model, in the object store, once loaded
+    expected: dict[str, Any] | None = None  # the signature the driver planned from (ModelInfo.signature)
     actors: list[_Actor] = field(default_factory=list)  # those handed the model, with their state
 
     @classmethod
@@ -170,9 +178,10 @@ class Executor:
         ex.handles = [ModelActor.options(**options).remote(settings) for _ in range(layout.max_actors)]  # type: ignore[attr-defined]
         return ex
 
-    def load(self, model_ref: Any) -> None:
-        """Hand every actor the model (shipped once through the object store)."""
-        self.model_ref = model_ref
+    def load(self, model_ref: Any, expected: dict[str, Any] | None = None) -> None:
+        """Hand every actor the model (shipped once through the object store); ``expected``: the
+        :meth:`~segbatch.models.info.ModelInfo.signature` each built model must have."""
+        self.model_ref, self.expected = model_ref, expected
         self.actors = [_Actor(h, self._load(h)) for h in self.handles]
 
     def _load(self, handle: Any) -> Any:
@@ -306,12 +315,22 @@ class Executor:
         for a in self.actors:
             if a.ready_ref == ref and not a.ready:
                 try:
-                    a.worker = ray.get(ref)
-                    a.ready = True
+                    a.worker, built = ray.get(ref)
                 except ray.exceptions.RayActorError:
                     a.ready_ref = self._load(a.handle)  # it died while loading: load again once restarted
+                    return
                 except ray.exceptions.RayError as err:
-                    raise JobError(f"a model actor could not build the model: {_first_line(err)}") from err
+                    cause = getattr(err, "cause", None)
+                    reason = str(cause) if isinstance(cause, JobError) else _first_line(err)
+                    raise ModelLoadError(f"a model actor could not build the model: {reason}") from err
+                if self.expected is not None and built != self.expected:
+                    differs = sorted(k for k in built if built[k] != self.expected.get(k))
+                    raise ModelLoadError(
+                        f"the model actors built a model whose {', '.join(differs)} differ from what the run was "
+                        f"planned with ({ {k: built[k] for k in differs} } against "
+                        f"{ {k: self.expected.get(k) for k in differs} }); please report this as a segbatch bug"
+                    )
+                a.ready = True
                 return
         if ref in predicting:
             batch = predicting.pop(ref)

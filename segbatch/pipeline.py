@@ -10,6 +10,7 @@ stage gets explicit arguments:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -31,11 +32,11 @@ from segbatch.driver.plan import Prepared, check_output_place, coco_info, model_
 from segbatch.driver.progress import CommitCounter, Monitor, Needs
 from segbatch.driver.summary import RunSummary
 from segbatch.errors import JobError
-from segbatch.executor import ACTOR_TASK_RETRIES, READ_TASK_RETRIES, Executor, encode_commit
+from segbatch.executor import ACTOR_TASK_RETRIES, READ_TASK_RETRIES, Executor, ModelLoadError, encode_commit
 from segbatch.io import fs as fsio
 from segbatch.outputs.exports import describe, record_exports, stale_forms, write_exports
 from segbatch.outputs.finalize import FinalizeSpec, finalize
-from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS
+from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS, OutDir
 from segbatch.outputs.parts import write_part
 from segbatch.outputs.schema import PART_SCHEMA
 from segbatch.stages.encode import EncodeSpec, encode_batch
@@ -88,7 +89,12 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
     layout: dict[str, Any] = {}
     first_commit_s = None
     if todo.num_rows:
-        layout, first_commit_s = _execute(config, prep, todo, start)
+        try:
+            layout, first_commit_s = _execute(config, prep, todo, start)
+        except ModelLoadError:
+            if not prep.resumed:
+                _forget(prep.out, remove_folder=not prep.out_existed)  # nothing was labeled: left as found
+            raise
         applied["precision"] = layout["precision"]
     t_final = time.perf_counter()
     export = config.export_options()
@@ -138,6 +144,19 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
     notes = (*notes, *_write_extra_forms(config, prep, final, first_started))
     rate = todo.num_rows / (t_final - t_ray) if todo.num_rows and t_final > t_ray else None
     return _summary(config, prep, metrics, todo.num_rows, len(committed), t_end - t_start, rate, report, notes)
+
+
+def _forget(out: OutDir, remove_folder: bool) -> None:
+    """Remove what a run that labeled nothing wrote (job.json, the manifest), and the output folder
+    if this run created it and nothing else is in it: a run that stops because the model actors
+    cannot build the model (weights that do not fit, found where the model is built) ends as one
+    that stopped on the driver."""
+    for name in (JOB, MANIFEST):
+        with contextlib.suppress(FileNotFoundError):
+            out.fs.rm(out.path(name))
+    with contextlib.suppress(OSError):
+        if remove_folder and out.fs.exists(out.root) and not out.fs.ls(out.root):
+            out.fs.rmdir(out.root)
 
 
 def _write_extra_forms(config: JobConfig, prep: Prepared, job: dict[str, Any], first_started: str) -> tuple[str, ...]:
@@ -336,8 +355,11 @@ def _launch(config: JobConfig) -> _Launched:
         "quality_stride": config.quality_stride if config.labels is not None and config.quality_stride else None,
         "tiling": _tiling(config, layout),
     }
-    # --decode auto: JPEGs go to the model actors as bytes when those have a GPU to decode them.
-    decode = config.decode if config.decode != "auto" else ("device" if layout.gpus_per_actor else "host")
+    # --decode auto: JPEGs go to the model actors as bytes, on a GPU (nvJPEG) and on a CPU too:
+    # there, decoding in the actor costs less CPU in all than decoding in a read task and moving
+    # ~1 MB of pixels per image through the object store (bench/overhead.py: ~27 against ~49 ms
+    # an image), and a 2-core machine labels 128 images ~10 % sooner (bench/README.md).
+    decode = config.decode if config.decode != "auto" else "device"
     return _Launched(t_up, cluster, layout, precision, Executor.start(layout, settings), decode)
 
 
@@ -425,7 +447,7 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
         cluster.describe(),
     )
     loaded = prep.loaded
-    executor.load(ray.put(prep.resolved))
+    executor.load(ray.put(prep.resolved), loaded.signature())
     encode_spec = EncodeSpec(
         task=loaded.task,
         categories=loaded.categories,

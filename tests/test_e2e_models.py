@@ -177,3 +177,36 @@ def test_a_bad_model_stops_the_job_before_any_work(models, sample_dir, tmp_path,
     with pytest.raises(JobError, match=r"is a universal mask2former model: pass --task semantic or --task instance"):
         run(JobConfig(input=str(sample_dir / "images"), output=str(out), model=models["hf-instance"]))
     assert not out.exists()
+
+
+def test_weights_that_only_the_actors_find_wrong_stop_the_job_and_leave_no_output(sample_dir, tmp_path, ray_cluster):
+    """A built-in is planned from its checkpoint's header (no torch on the driver): a tensor of the
+    wrong shape inside the network is found where the model is built. The run stops with the
+    actor's message, as a job error, and the output it began is removed."""
+    from segbatch.models.unet import DEMO_KWARGS, UNet
+
+    state = UNet(**DEMO_KWARGS).state_dict()
+    state["stem.0.weight"] = torch.zeros(16, 3, 5, 5)  # 3x3 in the architecture
+    torch.save(state, tmp_path / "bad.pt")
+    out = tmp_path / "out"
+    weights = str(tmp_path / "bad.pt")
+    config = JobConfig(input=str(sample_dir / "images"), output=str(out), model="unet", weights=weights)
+    with pytest.raises(JobError, match=r"a model actor could not build the model: weights .*bad.pt' do not fit model "
+                                       r"'unet': 'stem.0.weight' has shape \(16, 3, 5, 5\)"):  # fmt: skip
+        run(config)
+    assert not out.exists()
+
+
+def test_actors_that_build_another_model_than_planned_stop_the_job(sample_dir, tmp_path, ray_cluster, monkeypatch):
+    """The guard between the driver's plan and the actors' build: the driver (this process) is made
+    to plan other categories than the bundled U-Net has; its actors, in their own processes, are not."""
+    import dataclasses
+
+    from segbatch.models import info
+
+    real = info.describe
+    monkeypatch.setattr(info, "describe", lambda *a: dataclasses.replace(real(*a), categories=("a", "b", "c", "d")))
+    out = tmp_path / "out"
+    with pytest.raises(JobError, match=r"built a model whose categories differ from what the run was planned with"):
+        run(JobConfig(input=str(sample_dir / "images"), output=str(out), model="unet"))
+    assert not out.exists()

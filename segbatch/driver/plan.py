@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import logging
+import os
 import platform
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -30,8 +33,8 @@ from segbatch.io.listing import Plan, build_plan, list_images, open_labels, with
 from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS
 from segbatch.outputs.folder import JOB, MANIFEST, OutDir, check_output, job_identity
 
-if TYPE_CHECKING:  # torch comes with the models: imported in prepare(), in its own thread
-    from segbatch.models.bundle import ModelBundle, ModelOptions
+if TYPE_CHECKING:
+    from segbatch.models.info import ModelInfo, ModelOptions
     from segbatch.models.resolve import ResolvedModel
 
 log = logging.getLogger("segbatch")
@@ -73,17 +76,18 @@ class Prepared:
     out: OutDir
     plan: Plan
     label_kind: str | None
-    loaded: ModelBundle
+    loaded: ModelInfo  # task, categories, preprocessing: the model as planned (segbatch.models.info)
     resolved: ResolvedModel  # what the actors build the model from (shipped through the object store)
     eval_space: EvalSpace
     job: dict[str, Any]
     resumed: bool
     changes: InputChanges | None = None  # resumed runs: how the input changed since the manifest
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    out_existed: bool = True  # whether the output folder was there before this run
 
 
 def model_options(config: JobConfig) -> ModelOptions:
-    from segbatch.models.bundle import ModelOptions
+    from segbatch.models.info import ModelOptions
 
     return ModelOptions(
         score_threshold=config.score_threshold, mask_threshold=config.mask_threshold, min_size=config.min_size
@@ -150,12 +154,17 @@ def tiling_options(config: JobConfig, task: str, warnings: list[str]) -> dict[st
 
 
 def prepare(config: JobConfig) -> Prepared:
-    """Everything that can fail before work starts: model, weights, input, labels, output."""
-    from segbatch.models.resolve import load_bundle, resolve_model
+    """Everything that can fail before work starts: model, weights, input, labels, output.
+    A built-in model is planned from its files without torch (:func:`segbatch.models.info.describe`);
+    the model actors check the rest of its weights when they build it."""
+    from segbatch.models.info import describe
+    from segbatch.models.resolve import resolve_model
 
     so = config.storage_options
     out = OutDir.open(config.output, so)
     check_output_place(config)
+    with fsio.storage_errors(config.output, "output"):
+        out_existed = bool(out.fs.exists(out.root))
     with fsio.storage_errors(config.weights, "weights"):
         resolved = resolve_model(
             config.model,
@@ -165,7 +174,7 @@ def prepare(config: JobConfig) -> Prepared:
             revision=config.model_revision,
             storage_options=so,
         )
-    loaded = load_bundle(resolved, model_options(config))
+    loaded = describe(resolved, model_options(config))
     label_map = None
     label_map_sha = None
     if config.label_map is not None:
@@ -241,7 +250,8 @@ def prepare(config: JobConfig) -> Prepared:
         "eval_classes": eval_space.to_dict(),
         "versions": versions(),
     }
-    return Prepared(out, plan, label_kind, loaded, resolved, eval_space, job, resumed, changes, tuple(warnings))
+    return Prepared(out, plan, label_kind, loaded, resolved, eval_space, job, resumed, changes, tuple(warnings),
+                    out_existed)  # fmt: skip
 
 
 def check_output_place(config: JobConfig) -> None:
@@ -283,11 +293,11 @@ def coco_info(model: str, created: str) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """The versions of what made the outputs. torch and torchvision by their installed
+    distributions' metadata: the driver does not import them (~4 s of CPU)."""
     import numpy as np
     import pycocotools
     import ray
-    import torch
-    import torchvision
 
     optional = {}  # the model libraries' versions, where installed (hf:, smp:)
     for dist in ("transformers", "segmentation-models-pytorch", "timm", "safetensors", "huggingface-hub"):
@@ -297,11 +307,31 @@ def versions() -> dict[str, str]:
         **optional,
         "segbatch": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": _torch_version("torch"),
+        "torchvision": _torch_version("torchvision"),
         "ray": ray.__version__,
         "pyarrow": pa.__version__,
         "numpy": np.__version__,
         "pycocotools": getattr(pycocotools, "__version__", "unknown"),
         "platform": sys.platform,
     }
+
+
+def _torch_version(dist: str) -> str:
+    """``torch.__version__`` (or torchvision's) without importing it: the module's own when
+    imported, else the ``__version__ = '…'`` line of its ``version.py`` (with the build's local
+    part, ``+cu130``, which the distribution's metadata lacks), else the metadata."""
+    module = sys.modules.get(dist)
+    if module is not None:
+        return str(module.__version__)
+    with contextlib.suppress(Exception):
+        spec = importlib.util.find_spec(dist)  # a top-level package: found, not imported
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            with open(os.path.join(folder, "version.py"), encoding="utf-8") as f:
+                match = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", f.read(), re.M)
+            if match:
+                return match.group(1)
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"

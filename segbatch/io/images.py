@@ -31,7 +31,7 @@ _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 HighBitDepth = Literal["range", "percentile", "full"]
 # Where JPEGs are decoded: in the read tasks (host), in the model actor (device: its GPU, or
-# torchvision's CPU decoder on a CPU actor), or device when the actors have a GPU (auto).
+# torchvision's CPU decoder on a CPU actor), or auto: device.
 DecodeMode = Literal["host", "device", "auto"]
 DECODE_MODES: tuple[str, ...] = ("host", "device", "auto")
 # EXIF orientations 2..8 as PIL transposes (ImageOps.exif_transpose's table); 1 is "as stored".

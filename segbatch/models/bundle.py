@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,38 +34,41 @@ from torch import nn
 
 from segbatch.errors import JobError
 from segbatch.models.fold import fold_batchnorm
+from segbatch.models.info import (
+    BACKGROUND_NAMES,
+    MAX_SEMANTIC_CLASSES,
+    TASKS,
+    ModelOptions,
+    Task,
+    background_index,
+    check_class_count,
+)
 from segbatch.models.preprocess import Preprocess
 
-Task = Literal["semantic", "instance"]
-TASKS: tuple[str, ...] = ("semantic", "instance")
+__all__ = [
+    "BACKGROUND_NAMES",
+    "INSTANCE_BACKGROUND",
+    "MAX_SEMANTIC_CLASSES",
+    "TASKS",
+    "InstanceResult",
+    "LoadedModel",
+    "ModelBundle",
+    "ModelOptions",
+    "Task",
+    "background_index",
+    "plain_semantic",
+    "tensor_output",
+    "torchvision_instance",
+]
 
-BACKGROUND_NAMES = frozenset({"background", "__background__", "_background_", "bg"})
 # The name given to the background category prepended to an instance model's categories
 # that have none (torchvision's convention: instance class 0 is the background).
 INSTANCE_BACKGROUND = "__background__"
-MAX_SEMANTIC_CLASSES = 255  # label maps are uint8
 
 InstanceResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 SemanticForward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, "tuple[int, int] | None"]]
 InstanceForward = Callable[[nn.Module, list[torch.Tensor], list[tuple[int, int]], "ModelOptions"], list[InstanceResult]]
 FoldFn = Callable[[nn.Module], int]
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Inference options that shape the built module or its outputs."""
-
-    score_threshold: float = 0.5
-    mask_threshold: float = 0.5
-    min_size: int | None = None
-
-
-def background_index(categories: tuple[str, ...] | list[str]) -> int | None:
-    """Index of the background category (named background / __background__), or None."""
-    for i, name in enumerate(categories):
-        if name.strip().lower() in BACKGROUND_NAMES:
-            return i
-    return None
 
 
 def tensor_output(out: Any, key: str | int | None = None) -> torch.Tensor:
@@ -194,8 +197,7 @@ class ModelBundle:
         if self.background_id is not None and not 0 <= self.background_id < len(cats):
             raise JobError(f"{what}: background {self.background_id} is not a class id (0..{len(cats) - 1})")
         if self.task == "semantic":
-            if len(cats) > MAX_SEMANTIC_CLASSES:
-                raise JobError(f"{what}: {len(cats)} classes; label maps hold at most {MAX_SEMANTIC_CLASSES}")
+            check_class_count(what, self.task, cats)
             self.semantic = self.semantic or plain_semantic
         else:
             self.instance = self.instance or torchvision_instance

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from segbatch.errors import JobError
-from segbatch.models.bundle import TASKS, Task
+from segbatch.models.info import TASKS, Task
 from segbatch.models.preprocess import Preprocess
 
 CARD_KEYS = ("task", "categories", "background", "preprocessing", "output")

@@ -38,13 +38,14 @@ import math
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as nnf
 
 from segbatch.errors import JobError
+
+if TYPE_CHECKING:  # torch is imported where pixels are resized: the driver plans without it
+    import torch
 
 TORCH_FILTERS = ("torch-antialias", "torch-antialias-uint8", "torch-bicubic")
 PILLOW_FILTERS = (
@@ -125,6 +126,8 @@ class Preprocess:
         v2 ``resize`` calls them on the CPU. ``pillow-*``: ``PIL.Image.resize`` on the RGB image, as
         transformers' PIL backend does.
         """
+        import torch
+
         if self.resample in PILLOW_FILTERS:
             size = self.output_size(int(rgb.shape[0]), int(rgb.shape[1]))
             chw = _pillow_resize(rgb, size, self.resample)
@@ -148,6 +151,8 @@ class Preprocess:
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, 3, h, w) uint8`` → float32: channel order, rescale, then mean/std if set."""
+        import torch
+
         if self.rescale == DEFAULT_RESCALE and self.channel_order == "RGB":
             # torchvision's own operations, as its presets run them (the built-in models).
             from torchvision.transforms import functional as F  # the model's process has torchvision anyway
@@ -249,10 +254,15 @@ def _shortest_longest_edge(height: int, width: int, size: int, max_size: int) ->
 
 def _native_uint8_bilinear() -> bool:
     """Whether torchvision's v2 ``resize`` runs bilinear on uint8 natively here (its own test)."""
+    import torch
+
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
 
 
 def _torch_resize(chw: torch.Tensor, size: tuple[int, int], resample: str) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as nnf
+
     if resample == "torch-antialias-uint8" and _native_uint8_bilinear():
         x = chw.unsqueeze(0)
         return nnf.interpolate(x, size=list(size), mode="bilinear", align_corners=False, antialias=True)[0]
@@ -281,12 +291,16 @@ def _pillow_resize(rgb: np.ndarray, size: tuple[int, int], resample: str) -> tor
     image = Image.fromarray(np.ascontiguousarray(rgb))
     if (image.height, image.width) != size:
         image = image.resize((size[1], size[0]), resample=filters[resample])
+    import torch
+
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 def _center_crop(chw: torch.Tensor, crop: tuple[int, int], *, pillow: bool) -> torch.Tensor:
     """Centre crop ``(3, h, w)`` to ``crop``, zero-padding a smaller image as transformers'
     backends do (the torchvision one pads ``(c - n) // 2`` before, the PIL one ``ceil``)."""
+    import torch.nn.functional as nnf
+
     ch, cw = crop
     h, w = int(chw.shape[1]), int(chw.shape[2])
     if ch > h or cw > w:

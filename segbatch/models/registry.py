@@ -25,6 +25,7 @@ from segbatch.models.bundle import (
     Task,
     background_index,
 )
+from segbatch.models.catalog import DefaultWeights
 from segbatch.models.preprocess import Preprocess
 
 __all__ = [
@@ -41,15 +42,6 @@ __all__ = [
     "list_models",
     "register_model",
 ]
-
-
-@dataclass(frozen=True)
-class DefaultWeights:
-    """Where ``--weights DEFAULT`` comes from: a download URL (cached under TORCH_HOME) or a bundled file."""
-
-    label: str
-    url: str | None = None
-    path: str | None = None
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,16 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
-from segbatch.models.bundle import TASKS, ModelBundle, ModelOptions, Task
 from segbatch.models.card import ModelCard, card_json, parse_card
+from segbatch.models.info import TASKS, ModelOptions, Task
 from segbatch.models.preprocess import Preprocess
+
+if TYPE_CHECKING:  # resolving needs no torch (the driver); building does (the actors)
+    from segbatch.models.bundle import ModelBundle
 
 PREFIXES = ("hf:", "smp:", "export:")
 KINDS = ("builtin", "hf", "smp", "export", "plugin")
@@ -170,10 +173,14 @@ def parse_model_ref(model: str) -> tuple[str, str]:
             f"unknown model prefix {prefix + ':'!r} in {model!r}; valid: {', '.join(PREFIXES)}, "
             "module:function (a plugin), or a model name (segbatch models)"
         )
+    from segbatch.models.catalog import BUILTINS
+
+    if model in BUILTINS:  # the built-ins need no torch to be named
+        return "builtin", model
     from segbatch.models.registry import _REGISTRY, _ensure_builtin
 
     _ensure_builtin()
-    if model in _REGISTRY:
+    if model in _REGISTRY:  # a model registered by user code (register_model)
         return "builtin", model
     from segbatch.models.plugins import entry_point_names
 
@@ -190,10 +197,14 @@ def parse_model_ref(model: str) -> tuple[str, str]:
 def _resolve_builtin(
     model: str, weights: str, task: str | None, storage_options: Mapping[str, Any] | None
 ) -> ResolvedModel:
-    from segbatch.models.registry import get_model_spec
-    from segbatch.models.weights import resolve_weights
+    from segbatch.models.catalog import BUILTINS
+    from segbatch.models.weight_files import resolve_weights
 
-    spec = get_model_spec(model)
+    spec: Any = BUILTINS.get(model)
+    if spec is None:  # registered by user code
+        from segbatch.models.registry import get_model_spec
+
+        spec = get_model_spec(model)
     if task is not None and task != spec.task:
         raise JobError(f"model {model!r} is a {spec.task} model; --task {task!r} does not apply")
     w = resolve_weights(spec, weights, storage_options)

@@ -12,18 +12,16 @@ segbatch checkpoint, which carries the categories and the input size.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib import resources
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbatch.models.registry import DefaultWeights, ModelOptions, ModelSpec, Preprocess, register_model
+from segbatch.models.catalog import BUILTINS, DEMO_CATEGORIES, DEMO_KWARGS, DEMO_PREPROCESS, bundled_checkpoint
+from segbatch.models.registry import ModelOptions, ModelSpec, register_model
 
-DEMO_CATEGORIES = ("background", "circle", "square", "triangle")
-DEMO_PREPROCESS = Preprocess(resize=128, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-DEMO_KWARGS: dict[str, Any] = {"num_classes": len(DEMO_CATEGORIES), "base_channels": 16, "depth": 3}
+__all__ = ["DEMO_CATEGORIES", "DEMO_KWARGS", "DEMO_PREPROCESS", "UNet", "bundled_checkpoint"]
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> list[nn.Module]:
@@ -98,21 +96,17 @@ def _infer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
-def bundled_checkpoint() -> str:
-    """Path of the demo U-Net trained on segbatch's generated shapes (scripts/train_demo_unet.py)."""
-    return str(resources.files("segbatch") / "data" / "unet_shapes.pt")
-
-
+_ENTRY = BUILTINS["unet"]
 register_model(
     ModelSpec(
-        name="unet",
-        task="semantic",
-        description="U-Net with transposed-convolution decoder blocks (DEFAULT: bundled shapes demo)",
-        categories=DEMO_CATEGORIES,
-        preprocess=DEMO_PREPROCESS,
-        default_weights=DefaultWeights(label="segbatch unet_shapes.pt", path=bundled_checkpoint()),
+        name=_ENTRY.name,
+        task=_ENTRY.task,
+        description=_ENTRY.description,
+        categories=_ENTRY.categories,
+        preprocess=_ENTRY.preprocess,
+        default_weights=_ENTRY.default_weights,
         build=_build,
         infer_kwargs=_infer,
-        default_kwargs=DEMO_KWARGS,
+        default_kwargs=_ENTRY.default_kwargs,
     )
 )

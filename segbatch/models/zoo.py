@@ -1,7 +1,9 @@
 """torchvision's segmentation models: FCN, DeepLabV3, LRASPP and Mask R-CNN.
 
 Each entry takes its categories and preprocessing from its torchvision weight enum, so
-``--weights DEFAULT`` behaves exactly as ``weights=<Enum>.DEFAULT`` does in torchvision.
+``--weights DEFAULT`` behaves exactly as ``weights=<Enum>.DEFAULT`` does in torchvision; its
+name, description and class head from :mod:`segbatch.models.catalog` (the same table the
+driver plans from without torch, checked against the enums by the tests).
 Modules are always built with ``weights=None, weights_backbone=None`` (nothing is
 downloaded at build time) and then loaded from the resolved checkpoint.
 """
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, detection, segmentation
 
+from segbatch.models.catalog import BUILTINS, BuiltinEntry
 from segbatch.models.registry import DefaultWeights, ModelOptions, ModelSpec, Preprocess, register_model
 
 
@@ -35,12 +38,11 @@ def _coarse_lraspp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module.get_submodule("classifier")(module.get_submodule("backbone")(x))
 
 
-def _semantic(
-    name: str, builder: Callable[..., nn.Module], enum: type[WeightsEnum], head_key: str, arch: str
-) -> ModelSpec:
+def _semantic(entry: BuiltinEntry, builder: Callable[..., nn.Module], enum: type[WeightsEnum]) -> ModelSpec:
     weights = enum.DEFAULT
     t = weights.transforms()  # torchvision's SemanticSegmentation preset: resize_size, mean, std
     categories = tuple(weights.meta["categories"])
+    head_key = entry.classes_key
 
     def build(kwargs: Mapping[str, Any], options: ModelOptions) -> nn.Module:
         return builder(
@@ -52,26 +54,27 @@ def _semantic(
 
     def infer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"num_classes": int(state_dict[head_key].shape[0])}
-        if not name.startswith("lraspp"):
+        if not entry.name.startswith("lraspp"):
             kwargs["aux_loss"] = any(k.startswith("aux_classifier.") for k in state_dict)
         return kwargs
 
     return ModelSpec(
-        name=name,
+        name=entry.name,
         task="semantic",
-        description=f"torchvision {arch}",
+        description=entry.description,
         categories=categories,
         preprocess=Preprocess(resize=int(t.resize_size[0]), mean=tuple(t.mean), std=tuple(t.std)),
         default_weights=_default_weights(enum),
         build=build,
         infer_kwargs=infer,
         default_kwargs={"num_classes": len(categories)},
-        coarse_logits=_coarse_lraspp if name.startswith("lraspp") else _coarse_simple,
+        coarse_logits=_coarse_lraspp if entry.name.startswith("lraspp") else _coarse_simple,
     )
 
 
-def _instance(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEnum], arch: str) -> ModelSpec:
+def _instance(entry: BuiltinEntry, builder: Callable[..., nn.Module], enum: type[WeightsEnum]) -> ModelSpec:
     categories = tuple(enum.DEFAULT.meta["categories"])
+    head_key = entry.classes_key
 
     def build(kwargs: Mapping[str, Any], options: ModelOptions) -> nn.Module:
         size: dict[str, Any] = {}
@@ -87,12 +90,12 @@ def _instance(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEn
         )
 
     def infer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        return {"num_classes": int(state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0])}
+        return {"num_classes": int(state_dict[head_key].shape[0])}
 
     return ModelSpec(
-        name=name,
+        name=entry.name,
         task="instance",
-        description=f"torchvision {arch}; resizes inside to shorter side 800, longer <= 1333 (--min-size)",
+        description=entry.description,
         categories=categories,
         # Mask R-CNN normalizes and resizes inside its GeneralizedRCNNTransform: it takes the
         # original image as float in [0, 1] (torchvision's ObjectDetection preset).
@@ -104,49 +107,17 @@ def _instance(name: str, builder: Callable[..., nn.Module], enum: type[WeightsEn
     )
 
 
-S = segmentation
+S, D, B = segmentation, detection, BUILTINS
 for _spec in (
-    _semantic("fcn_resnet50", S.fcn_resnet50, S.FCN_ResNet50_Weights, "classifier.4.weight", "FCN, ResNet-50"),
-    _semantic("fcn_resnet101", S.fcn_resnet101, S.FCN_ResNet101_Weights, "classifier.4.weight", "FCN, ResNet-101"),
+    _semantic(B["fcn_resnet50"], S.fcn_resnet50, S.FCN_ResNet50_Weights),
+    _semantic(B["fcn_resnet101"], S.fcn_resnet101, S.FCN_ResNet101_Weights),
+    _semantic(B["deeplabv3_resnet50"], S.deeplabv3_resnet50, S.DeepLabV3_ResNet50_Weights),
+    _semantic(B["deeplabv3_resnet101"], S.deeplabv3_resnet101, S.DeepLabV3_ResNet101_Weights),
     _semantic(
-        "deeplabv3_resnet50",
-        S.deeplabv3_resnet50,
-        S.DeepLabV3_ResNet50_Weights,
-        "classifier.4.weight",
-        "DeepLabV3 (atrous, ASPP), ResNet-50",
+        B["deeplabv3_mobilenet_v3_large"], S.deeplabv3_mobilenet_v3_large, S.DeepLabV3_MobileNet_V3_Large_Weights
     ),
-    _semantic(
-        "deeplabv3_resnet101",
-        S.deeplabv3_resnet101,
-        S.DeepLabV3_ResNet101_Weights,
-        "classifier.4.weight",
-        "DeepLabV3 (atrous, ASPP), ResNet-101",
-    ),
-    _semantic(
-        "deeplabv3_mobilenet_v3_large",
-        S.deeplabv3_mobilenet_v3_large,
-        S.DeepLabV3_MobileNet_V3_Large_Weights,
-        "classifier.4.weight",
-        "DeepLabV3 (atrous, ASPP), MobileNetV3-Large",
-    ),
-    _semantic(
-        "lraspp_mobilenet_v3_large",
-        S.lraspp_mobilenet_v3_large,
-        S.LRASPP_MobileNet_V3_Large_Weights,
-        "classifier.high_classifier.weight",
-        "LRASPP, MobileNetV3-Large",
-    ),
-    _instance(
-        "maskrcnn_resnet50_fpn",
-        detection.maskrcnn_resnet50_fpn,
-        detection.MaskRCNN_ResNet50_FPN_Weights,
-        "Mask R-CNN, ResNet-50-FPN",
-    ),
-    _instance(
-        "maskrcnn_resnet50_fpn_v2",
-        detection.maskrcnn_resnet50_fpn_v2,
-        detection.MaskRCNN_ResNet50_FPN_V2_Weights,
-        "Mask R-CNN v2, ResNet-50-FPN",
-    ),
+    _semantic(B["lraspp_mobilenet_v3_large"], S.lraspp_mobilenet_v3_large, S.LRASPP_MobileNet_V3_Large_Weights),
+    _instance(B["maskrcnn_resnet50_fpn"], D.maskrcnn_resnet50_fpn, D.MaskRCNN_ResNet50_FPN_Weights),
+    _instance(B["maskrcnn_resnet50_fpn_v2"], D.maskrcnn_resnet50_fpn_v2, D.MaskRCNN_ResNet50_FPN_V2_Weights),
 ):
     register_model(_spec)

@@ -26,7 +26,7 @@ from segbatch.errors import ImageError
 from segbatch.io import fs as fsio
 from segbatch.io.images import HighBitDepth, decode, jpeg_header
 from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS, image_size, pillow_pixel_limit
-from segbatch.models.registry import Preprocess
+from segbatch.models.preprocess import Preprocess
 from segbatch.stages.cpu_clock import stage_clock
 
 # The resize filters the model actor runs on decoded JPEGs (the float path of torchvision's
