@@ -40,6 +40,7 @@ from segbatch.outputs.folder import JOB, MANIFEST, METRICS, PARTS, SUCCESS, OutD
 from segbatch.outputs.parts import write_part
 from segbatch.outputs.schema import PART_SCHEMA
 from segbatch.stages.encode import EncodeSpec, encode_batch
+from segbatch.stages.read import CPU_DEVICE_FILTERS, DEVICE_FILTERS
 from segbatch.stages.strips import expand, strips_per_image
 
 __all__ = ["RunSummary", "run"]
@@ -479,8 +480,10 @@ def _execute(config: JobConfig, prep: Prepared, todo: pa.Table, start: _StartUp)
     )
     # read_batch's arguments after the rows: a tiled run reads only the sizes (the actors read
     # regions); --decode device sends JPEGs to the actors as bytes.
+    # On CPU actors every torch resize filter can run where the model is (segbatch.stages.read).
+    filters = DEVICE_FILTERS if layout.gpus_per_actor else CPU_DEVICE_FILTERS
     read_args = (loaded.preprocess, so, config.high_bit_depth, config.max_image_pixels, config.tile is not None,
-                 start.decode)  # fmt: skip
+                 start.decode, filters)  # fmt: skip
     if strips > 1:
         log.info("each image is split into %d strips of tile rows across the model actors", strips)
     work = expand(todo, strips) if strips > 1 else todo

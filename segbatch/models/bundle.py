@@ -36,12 +36,14 @@ from segbatch.errors import JobError
 from segbatch.models.fold import fold_batchnorm
 from segbatch.models.info import (
     BACKGROUND_NAMES,
+    INSTANCE_BACKGROUND,
     MAX_SEMANTIC_CLASSES,
     TASKS,
     ModelOptions,
     Task,
     background_index,
     check_class_count,
+    with_background,
 )
 from segbatch.models.preprocess import Preprocess
 
@@ -61,9 +63,6 @@ __all__ = [
     "torchvision_instance",
 ]
 
-# The name given to the background category prepended to an instance model's categories
-# that have none (torchvision's convention: instance class 0 is the background).
-INSTANCE_BACKGROUND = "__background__"
 
 InstanceResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 SemanticForward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, "tuple[int, int] | None"]]
@@ -204,8 +203,7 @@ class ModelBundle:
             if self.background is None:
                 # The pipeline treats instance class 0 as the background (torchvision's
                 # convention): prepend one and shift the model's labels by one.
-                self.categories = (INSTANCE_BACKGROUND, *cats)
-                self.background_id = 0
+                self.categories, self.background_id = with_background(self.task, cats, None)
                 self.instance = _shifted(self.instance)
         self.module.eval()
         return self

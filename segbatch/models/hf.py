@@ -45,6 +45,7 @@ from segbatch.errors import JobError
 from segbatch.models.bundle import InstanceResult, ModelBundle, ModelOptions, Task
 from segbatch.models.card import ModelCard
 from segbatch.models.fold import fold_named_pairs
+from segbatch.models.info import hf_fast_paths
 from segbatch.models.preprocess import Preprocess
 from segbatch.models.resolve import (
     ResolvedModel,
@@ -355,23 +356,20 @@ def build_hf(resolved: ResolvedModel, options: ModelOptions) -> ModelBundle:
         channels_last=False,
         cpu_batch=HF_CPU_BATCH,
     )
+    bundle.fast_paths = hf_fast_paths(model_type, head, task)
     if head == "universal":
         mask_size = UNIVERSAL[model_type]
         if task == "semantic":
             bundle.semantic = universal_semantic(mask_size)
-            bundle.fast_paths = "exact class map from the 384x384 class scores; BatchNorm folding"
         else:
             bundle.instance = universal_instance(mask_size)
-            bundle.fast_paths = "masks resampled only for queries above the score threshold; BatchNorm folding"
     elif model_type == "upernet":
         module.auxiliary_head = None  # training only; its forward pass is skipped
         bundle.semantic = upernet_coarse
-        bundle.fast_paths = "exact class map from coarse logits via the input size; BatchNorm folding"
     else:
         if getattr(module, "auxiliary_head", None) is not None:
             module.auxiliary_head = None
         bundle.semantic = semantic_logits
-        bundle.fast_paths = "exact class map from the model's logits; BatchNorm folding"
     return bundle.check(resolved.ref)
 
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 Task = Literal["semantic", "instance"]
 TASKS: tuple[str, ...] = ("semantic", "instance")
 BACKGROUND_NAMES = frozenset({"background", "__background__", "_background_", "bg"})
+# The name given to the background category prepended to an instance model's categories
+# that have none (torchvision's convention: instance class 0 is the background).
+INSTANCE_BACKGROUND = "__background__"
 MAX_SEMANTIC_CLASSES = 255  # label maps are uint8
 
 
@@ -85,9 +88,40 @@ def describe(resolved: ResolvedModel, options: ModelOptions) -> ModelInfo:
         info = builtin_info(resolved.ref, resolved.files.get("checkpoint"), resolved.source)
         if info is not None:
             return info
+    if resolved.kind == "hf" and resolved.categories is not None and resolved.preprocess is not None:
+        # The driver read config.json and the image processor (segbatch.models.hf.resolve_hf):
+        # everything but the weights, which only the actors load.
+        bg = resolved.card.background_id(resolved.categories) if resolved.card is not None else None
+        categories, background = with_background(resolved.task, resolved.categories, bg)
+        check_class_count(resolved.ref, resolved.task, categories)
+        fast = hf_fast_paths(str(resolved.settings["model_type"]), str(resolved.settings["head"]), resolved.task)
+        return ModelInfo(resolved.task, categories, background, resolved.preprocess, resolved.description, fast)
     from segbatch.models.resolve import load_bundle
 
     return ModelInfo.of(load_bundle(resolved, options))
+
+
+def with_background(
+    task: str, categories: tuple[str, ...], background_id: int | None
+) -> tuple[tuple[str, ...], int | None]:
+    """``(categories, background id)`` as the pipeline uses them: the given id, else the category
+    named background; an instance model without one gets :data:`INSTANCE_BACKGROUND` as class 0
+    (its labels shift by one, :meth:`segbatch.models.bundle.ModelBundle.check`)."""
+    background = background_id if background_id is not None else background_index(categories)
+    if task == "instance" and background is None:
+        return (INSTANCE_BACKGROUND, *categories), 0
+    return tuple(categories), background
+
+
+def hf_fast_paths(model_type: str, head: str, task: str) -> str:
+    """What a Hugging Face model's adapter uses, in words (:func:`segbatch.models.hf.build_hf`)."""
+    if head == "universal":
+        if task == "semantic":
+            return "exact class map from the 384x384 class scores; BatchNorm folding"
+        return "masks resampled only for queries above the score threshold; BatchNorm folding"
+    if model_type == "upernet":
+        return "exact class map from coarse logits via the input size; BatchNorm folding"
+    return "exact class map from the model's logits; BatchNorm folding"
 
 
 def check_class_count(what: str, task: str, categories: tuple[str, ...]) -> None:

@@ -17,7 +17,7 @@ import ray
 from segbatch.io.images import HighBitDepth
 from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS
 from segbatch.models.preprocess import Preprocess
-from segbatch.stages.read import read_batch
+from segbatch.stages.read import DEVICE_FILTERS, read_batch
 
 
 def read_rows(
@@ -30,6 +30,7 @@ def read_rows(
     max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS,
     tiled: bool = False,
     decode_mode: str = "host",
+    device_filters: tuple[str, ...] = DEVICE_FILTERS,
 ) -> dict[str, np.ndarray]:
     """Rows ``start:stop`` of the images to label, read (see :func:`read_batch`).
 
@@ -37,7 +38,8 @@ def read_rows(
     keeps Ray from resolving (and copying) it when the task is built.
     """
     rows = manifest_rows(todo_holder, start, stop)
-    return read_batch(rows, preprocess, storage_options, high_bit_depth, max_image_pixels, tiled, decode_mode)
+    return read_batch(rows, preprocess, storage_options, high_bit_depth, max_image_pixels, tiled, decode_mode,
+                      device_filters)  # fmt: skip
 
 
 def manifest_rows(todo_holder: list[Any], start: int, stop: int) -> dict[str, np.ndarray]:

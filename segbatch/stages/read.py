@@ -26,12 +26,14 @@ from segbatch.errors import ImageError
 from segbatch.io import fs as fsio
 from segbatch.io.images import HighBitDepth, decode, jpeg_header
 from segbatch.io.regions import PILLOW_MAX_IMAGE_PIXELS, image_size, pillow_pixel_limit
-from segbatch.models.preprocess import Preprocess
+from segbatch.models.preprocess import TORCH_FILTERS, Preprocess
 from segbatch.stages.cpu_clock import stage_clock
 
-# The resize filters the model actor runs on decoded JPEGs (the float path of torchvision's
-# resize: the same on any device); models with other filters get their images from the host.
+# The resize filters a model actor runs on decoded JPEGs: on a GPU the float path of torchvision's
+# resize (the same on any device); on a CPU actor every torch filter, the very kernels a read task
+# would run. Models with other filters (Pillow's) get their images from the read tasks.
 DEVICE_FILTERS = ("torch-antialias",)
+CPU_DEVICE_FILTERS = TORCH_FILTERS
 
 _EMPTY = np.zeros((3, 0, 0), dtype=np.uint8)
 
@@ -44,6 +46,7 @@ def read_batch(
     max_image_pixels: int = PILLOW_MAX_IMAGE_PIXELS,
     tiled: bool = False,
     decode_mode: str = "host",
+    device_filters: tuple[str, ...] = DEVICE_FILTERS,
 ) -> dict[str, np.ndarray]:
     """Manifest rows → rows with ``image`` ``(3, h, w) uint8``, original ``height``/``width``,
     ``status``, ``error``, ``conversion`` (str or None: how the file became 8-bit RGB) and
@@ -53,12 +56,13 @@ def read_batch(
     ``image`` is ``(3, 0, 0)`` and only the size is read (see the module docstring).
     ``decode_mode`` ``"device"`` (resolved, not ``auto``) adds ``encoded`` (the file's bytes as
     ``(B,) uint8``, None where ``image`` holds the pixels; ``image`` is then ``(3, 0, 0)``) and
-    ``orientation`` (int8, EXIF 1..8)."""
+    ``orientation`` (int8, EXIF 1..8), for models whose resize filter is in ``device_filters``
+    (:data:`DEVICE_FILTERS` for GPU actors, :data:`CPU_DEVICE_FILTERS` for CPU actors)."""
     if decode_mode not in ("host", "device"):
         raise ValueError(f"decode_mode must be 'host' or 'device' here, got {decode_mode!r}")
     with stage_clock("read", len(batch["uri"])):
         return _read_batch(batch, preprocess, storage_options, high_bit_depth, max_image_pixels or None, tiled,
-                           decode_mode)  # fmt: skip
+                           decode_mode, device_filters)  # fmt: skip
 
 
 def _read_batch(
@@ -69,9 +73,10 @@ def _read_batch(
     limit: int | None,
     tiled: bool,
     decode_mode: str,
+    device_filters: tuple[str, ...],
 ) -> dict[str, np.ndarray]:
     n = len(batch["uri"])
-    device = decode_mode == "device" and preprocess.resample in DEVICE_FILTERS
+    device = decode_mode == "device" and preprocess.resample in device_filters
     encoded = np.full(n, None, dtype=object)
     orientation = np.ones(n, dtype=np.int8)
     images = np.empty(n, dtype=object)

@@ -305,3 +305,15 @@ def test_a_processor_rule_segbatch_does_not_reproduce_is_a_job_error():
     with pytest.raises(JobError, match=r"its DPTImageProcessor uses keep_aspect_ratio, ensure_multiple_of, which "
                        r"segbatch does not reproduce; give the preprocessing in a --model-card"):  # fmt: skip
         processor_to_preprocess(DPTImageProcessor(keep_aspect_ratio=True, ensure_multiple_of=32), "dpt", "hf:dpt")
+
+
+@pytest.mark.parametrize(
+    ("name", "task"), [("segformer", None), ("upernet", None), ("mask2former", "semantic"), ("mask2former", "instance")]
+)
+def test_the_driver_plans_what_the_actors_build_without_loading_the_weights(models, name, task):
+    """``describe`` takes an hf: model's task, categories, background and preprocessing from its
+    config and image processor (the weights are loaded by the actors only): the same as the built bundle."""
+    from segbatch.models.info import ModelInfo, describe
+
+    resolved = resolve_model(f"hf:{models[name]}", task=task)
+    assert describe(resolved, ModelOptions()) == ModelInfo.of(load_bundle(resolved, ModelOptions()))
