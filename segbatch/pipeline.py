@@ -93,8 +93,8 @@ def _run(config: JobConfig, start: _StartUp, t_start: float, started: str) -> Ru
         try:
             layout, first_commit_s = _execute(config, prep, todo, start)
         except ModelLoadError:
-            if not prep.resumed:
-                _forget(prep.out, remove_folder=not prep.out_existed)  # nothing was labeled: left as found
+            if not prep.resumed and not prep.out.part_files():  # nothing was labeled: left as found
+                _forget(prep.out, remove_folder=not prep.out_existed)
             raise
         applied["precision"] = layout["precision"]
     t_final = time.perf_counter()
