@@ -293,8 +293,8 @@ def coco_info(model: str, created: str) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    """The versions of what made the outputs. torch and torchvision by their installed
-    distributions' metadata: the driver does not import them (~4 s of CPU)."""
+    """The versions of what made the outputs; torch's and torchvision's read from their files
+    (:func:`_torch_version`): the driver does not import them (~4 s of CPU)."""
     import numpy as np
     import pycocotools
     import ray

@@ -61,10 +61,9 @@ class DefaultWeights:
 
 
 @dataclass(frozen=True)
-class BuiltinEntry:
-    """One built-in model as data. ``classes_key``: the state_dict tensor whose first dimension
-    is the class count; ``coarse``: whether the predictor takes the class map from the logits
-    before the model's own final upsampling (:mod:`segbatch.stages.classmap`)."""
+class ModelMeta:
+    """What a model is, as plain values: shared by a catalog entry and a registry
+    :class:`~segbatch.models.registry.ModelSpec` (which adds how to build it)."""
 
     name: str
     task: Task
@@ -72,6 +71,14 @@ class BuiltinEntry:
     categories: tuple[str, ...]
     preprocess: Preprocess
     default_weights: DefaultWeights | None
+
+
+@dataclass(frozen=True)
+class BuiltinEntry(ModelMeta):
+    """One built-in model as data. ``classes_key``: the state_dict tensor whose first dimension
+    is the class count; ``coarse``: whether the predictor takes the class map from the logits
+    before the model's own final upsampling (:mod:`segbatch.stages.classmap`)."""
+
     classes_key: str
     coarse: bool = False
     default_kwargs: Mapping[str, Any] = field(default_factory=dict)

@@ -25,7 +25,7 @@ from segbatch.models.bundle import (
     Task,
     background_index,
 )
-from segbatch.models.catalog import DefaultWeights
+from segbatch.models.catalog import DefaultWeights, ModelMeta
 from segbatch.models.preprocess import Preprocess
 
 __all__ = [
@@ -45,8 +45,8 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """How to build one architecture.
+class ModelSpec(ModelMeta):
+    """How to build one architecture (what it is: :class:`~segbatch.models.catalog.ModelMeta`).
 
     ``build(model_kwargs, options)`` returns a randomly initialised module;
     ``infer_kwargs(state_dict)`` reads ``model_kwargs`` (e.g. ``num_classes``) off a plain
@@ -56,12 +56,6 @@ class ModelSpec:
     float (the predictor then resamples only where classes meet, see :mod:`segbatch.stages.classmap`).
     """
 
-    name: str
-    task: Task
-    description: str
-    categories: tuple[str, ...]
-    preprocess: Preprocess
-    default_weights: DefaultWeights | None
     build: Callable[[Mapping[str, Any], ModelOptions], nn.Module]
     infer_kwargs: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
     default_kwargs: Mapping[str, Any] = field(default_factory=dict)

@@ -197,10 +197,10 @@ def parse_model_ref(model: str) -> tuple[str, str]:
 def _resolve_builtin(
     model: str, weights: str, task: str | None, storage_options: Mapping[str, Any] | None
 ) -> ResolvedModel:
-    from segbatch.models.catalog import BUILTINS
+    from segbatch.models.catalog import BUILTINS, ModelMeta
     from segbatch.models.weight_files import resolve_weights
 
-    spec: Any = BUILTINS.get(model)
+    spec: ModelMeta | None = BUILTINS.get(model)
     if spec is None:  # registered by user code
         from segbatch.models.registry import get_model_spec
 

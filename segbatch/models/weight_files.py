@@ -21,22 +21,15 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from segbatch.errors import JobError
 from segbatch.io import fs as fsio
-from segbatch.models.catalog import DefaultWeights, torch_hub_dir
+from segbatch.models.catalog import ModelMeta, torch_hub_dir
 
 log = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0
-
-
-class _HasDefaultWeights(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def default_weights(self) -> DefaultWeights | None: ...
 
 
 @dataclass(frozen=True)
@@ -48,9 +41,7 @@ class ResolvedWeights:
     sha256: str | None
 
 
-def resolve_weights(
-    spec: _HasDefaultWeights, weights: str, storage_options: Mapping[str, Any] | None = None
-) -> ResolvedWeights:
+def resolve_weights(spec: ModelMeta, weights: str, storage_options: Mapping[str, Any] | None = None) -> ResolvedWeights:
     """Turn ``--weights`` into bytes for model ``spec`` (a registry spec or a catalog entry).
     Raises :class:`JobError` naming the bad value."""
     if weights.lower() == "none":
