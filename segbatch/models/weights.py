@@ -30,7 +30,6 @@ from segbatch.models.catalog import (
     interpret_checkpoint,
 )
 from segbatch.models.fold import fold_batchnorm
-from segbatch.models.info import check_class_count
 from segbatch.models.preprocess import Preprocess
 from segbatch.models.registry import ModelSpec
 from segbatch.models.weight_files import RANDOM_INIT_SEED, ResolvedWeights, resolve_weights
@@ -151,7 +150,6 @@ def _loaded(
     if spec.task == "semantic" and getattr(module, "aux_classifier", None) is not None:
         # The auxiliary head only matters for training; dropping it saves its forward pass.
         module.aux_classifier = None  # type: ignore[assignment]  # torchvision declares it Optional
-    check_class_count(f"model {spec.name!r}", spec.task, categories)
     coarse = spec.coarse_logits
     bundle = ModelBundle(
         module=module,
