@@ -154,7 +154,8 @@ def test_a_tiled_run_resumes_image_by_image_and_refuses_other_tile_options(datas
 def test_strips_of_one_image_run_on_two_actors_and_join_into_the_whole_image_result(dataset, tmp_path, ray_cluster):
     """Each image cut into 3 strips of tile rows, spread over two model actors, committed whole:
     the class maps equal a run of whole images pixel for pixel, confidence to float rounding."""
-    tiling = {"tile": "64x80", "tile_overlap": "16"}
+    # Small tiles: enough windows that the job outlasts the second actor's start (both load on 2 CPUs).
+    tiling = {"tile": "32x40", "tile_overlap": "16"}
     _, whole = _run(dataset, tmp_path / "whole", tile_strips=1, **tiling)
     summary, split = _run(dataset, tmp_path / "split", tile_strips=3, actors=2, **tiling)
     assert summary.num_processed == 6
