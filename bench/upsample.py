@@ -3,12 +3,16 @@ as the model's forward does, bilinear to the photo's size, argmax) vs :func:`ups
 
 Same logits for both, in LRASPP-MobileNetV3's real shapes: 21 classes at 65×87 (1/8 of a
 640×480 photo resized to 520×693), back to 480×640. Scenes, side by side: ``photo`` (3 classes
-in a few large regions, as on VOC/COCO photos), ``busy`` (regions a few logit pixels wide)
-and ``noise`` (every pixel a boundary: what a random, untrained model gives)::
+in a few large regions, as on VOC/COCO photos), ``busy4`` (4 classes in regions a few logit
+pixels wide, as the throughput bench's fitted heads make), ``busy`` (every class in such
+regions) and ``noise`` (every pixel a boundary: what a random, untrained model gives). Beside
+the shortcut (``fast``), the same with every class kept (``all_classes``: the shortcut before
+it kept only the classes that can win, :func:`~segbatch.stages.classmap.contenders`)::
 
     .venv/bin/python bench/upsample.py [--threads 1] [--repeat 20]
 
-Ends with one line per scene: ``upsample_argmax scene=… undecided=… reference_ms=… fast_ms=… speedup=… agree=…``.
+Ends with one line per scene: ``upsample_argmax scene=… kept=… undecided=… reference_ms=…
+all_classes_ms=… fast_ms=… speedup=… agree=…``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from segbatch.stages.classmap import undecided_fraction, upsampled_argmax
+from segbatch.stages import classmap
+from segbatch.stages.classmap import contenders, undecided_fraction, upsampled_argmax
 
 LOW, VIA, SIZE = (65, 87), (520, 693), (480, 640)
 
@@ -34,6 +39,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     for scene, grid, active, noise in (
         ("photo", (3, 4), 3, 0.05),
+        ("busy4", (9, 11), 4, 0.3),
         ("busy", (9, 11), args.classes, 0.3),
         ("noise", LOW, args.classes, 0.0),
     ):
@@ -53,8 +59,12 @@ def measure(scene: str, logits: torch.Tensor, repeat: int) -> None:
     def fast() -> torch.Tensor:
         return upsampled_argmax(logits, SIZE, via=VIA)
 
+    def all_classes() -> torch.Tensor:
+        supports = classmap._supports(logits, VIA, SIZE)
+        return classmap._class_map(logits, SIZE, VIA, classmap.MARGIN, supports)
+
     times: dict[str, float] = {}
-    for name, fn in (("reference", reference), ("fast", fast)) * 2:  # interleaved, warm
+    for name, fn in (("reference", reference), ("all_classes", all_classes), ("fast", fast)) * 2:  # interleaved
         fn()
         t0 = time.perf_counter()
         for _ in range(repeat):
@@ -62,8 +72,9 @@ def measure(scene: str, logits: torch.Tensor, repeat: int) -> None:
         times[name] = min(times.get(name, float("inf")), (time.perf_counter() - t0) / repeat * 1000)
     agree = (reference() == fast()).float().mean().item()
     print(
-        f"upsample_argmax scene={scene} undecided={undecided_fraction(logits, SIZE, VIA):.3f} "
-        f"reference_ms={times['reference']:.2f} fast_ms={times['fast']:.2f} "
+        f"upsample_argmax scene={scene} kept={len(contenders(logits, SIZE, VIA))}/{len(logits)} "
+        f"undecided={undecided_fraction(logits, SIZE, VIA):.3f} reference_ms={times['reference']:.2f} "
+        f"all_classes_ms={times['all_classes']:.2f} fast_ms={times['fast']:.2f} "
         f"speedup={times['reference'] / times['fast']:.1f} agree={agree:.6f}"
     )
 

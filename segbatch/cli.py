@@ -56,7 +56,13 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--label-map", "label_map", str, "YAML/JSON: names of mask-PNG ids and model→label category matches"),
     ("--missing-labels", "missing_labels", str, "a missing label is an 'error' row (default) or 'ignore'd"),
     ("--batch-size", "batch_size", int, "images per model batch (default: 32 on a GPU, 8 on a CPU)"),
-    ("--actors", "actors", int, "model actors, one model each (default: one per GPU, else one per CPU)"),
+    (
+        "--actors",
+        "actors",
+        int,
+        "model actors, one model each (default: one per GPU; without GPUs one per 4 CPUs of a node, "
+        "at least one, at most one per GiB of its memory)",
+    ),
     (
         "--gpus-per-actor",
         "gpus_per_actor",
@@ -67,9 +73,16 @@ _RUN_OPTIONS: list[tuple[str, str, Any, str]] = [
         "--cpus-per-actor",
         "cpus_per_actor",
         float,
-        "CPUs reserved per actor, also its torch threads (default: 1 beside a GPU, 0.5 and 1 thread on CPUs)",
+        "CPUs reserved per actor, also its torch threads (default: 1 beside a GPU; without GPUs "
+        "its torch threads less 0.5, at least 0.5)",
     ),
-    ("--torch-threads", "torch_threads", int, "torch threads per actor (default: --cpus-per-actor, else 1)"),
+    (
+        "--torch-threads",
+        "torch_threads",
+        int,
+        "torch threads per actor (default: --cpus-per-actor when given; else 1 beside a GPU, and "
+        "without GPUs the node's CPUs per actor, at most 4)",
+    ),
     ("--task-cpus", "task_cpus", float, "CPUs reserved per read / encode task (default 0.25)"),
     (
         "--quality-stride",

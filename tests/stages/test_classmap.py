@@ -141,3 +141,60 @@ def test_the_dense_batch_path_in_groups_bounded_by_bytes_gives_the_same_maps(max
     grouped = upsampled_argmax_batch(logits, (480, 640), via=(520, 693), dense=True, max_bytes=max_bytes)
     assert grouped.dtype == torch.uint8 and torch.equal(grouped, whole)
     assert upsampled_argmax_batch(logits[:0], (480, 640), dense=True, max_bytes=max_bytes).shape == (0, 480, 640)
+
+
+def scene(c: int, active: int, grid: tuple[int, int], low: tuple[int, int], noise: float, seed: int) -> torch.Tensor:
+    """Logits in which only ``active`` of ``c`` classes appear, in regions on a ``grid`` (a photo)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, c, *grid, generator=g) * 6
+    coarse[:, active:] -= 20  # classes absent from the scene
+    logits = F.interpolate(coarse, size=low, mode="bilinear", align_corners=False)[0]
+    return logits + noise * torch.randn(logits.shape, generator=g)
+
+
+@pytest.mark.parametrize("via", [None, (520, 693)])
+def test_only_classes_that_can_win_are_resampled_and_the_map_is_the_reference(monkeypatch, via):
+    from segbatch.stages import classmap
+    from segbatch.stages.classmap import contenders
+
+    seen = []
+    real = classmap._class_map
+    monkeypatch.setattr(classmap, "_class_map", lambda z, *a: seen.append(z.shape[0]) or real(z, *a))
+    for seed in range(3):
+        logits = scene(21, 4, (9, 11), (65, 87), 0.3, seed)
+        keep = contenders(logits, (480, 640), via)
+        expected = reference(logits, (480, 640), via)
+        assert 1 < len(keep) < 21
+        assert set(expected.unique().tolist()) <= set(keep.tolist())
+        seen.clear()
+        assert torch.equal(upsampled_argmax(logits, (480, 640), via=via).long(), expected)
+        assert seen == [len(keep)]
+
+
+def test_a_class_winning_everywhere_fills_the_map_and_near_winners_are_kept():
+    from segbatch.stages.classmap import MARGIN, contenders
+
+    logits = blobs(5, 20, 20, 1)
+    logits[3] += 100
+    assert contenders(logits, (61, 77)).tolist() == [3]
+    fast = upsampled_argmax(logits, (61, 77), via=(160, 160))
+    assert torch.equal(fast.long(), reference(logits, (61, 77), (160, 160)))
+    # Below a flat winner everywhere: within the margin, rounding could make it win (kept);
+    # ten margins below, it cannot (left out).
+    logits[3] = 100.0
+    logits[1] = 100.0 - MARGIN / 2
+    logits[0] = 100.0 - 10 * MARGIN
+    assert contenders(logits, (61, 77)).tolist() == [1, 3]
+    assert torch.equal(upsampled_argmax(logits, (61, 77)).long(), reference(logits, (61, 77)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_shapes_and_absent_classes_give_the_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    c, h, w, big_h, big_w = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in
+                             ((2, 30), (1, 40), (1, 40), (1, 200), (1, 200)))  # fmt: skip
+    active = int(torch.randint(1, c + 1, (1,), generator=g))
+    logits = scene(c, active, (max(1, h // 5), max(1, w // 5)), (h, w), 0.5, seed)
+    for via in (None, (h * 8, w * 8), (max(1, h // 2), w + 3)):
+        expected = reference(logits, (big_h, big_w), via)
+        assert torch.equal(upsampled_argmax(logits, (big_h, big_w), via=via).long(), expected), via
