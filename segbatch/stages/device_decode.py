@@ -83,8 +83,15 @@ def decode_resize(
     decoded = decode_jpegs(datas, device)
     shown = [d if isinstance(d, Exception) else orient(d, int(o)) for d, o in zip(decoded, orientations, strict=True)]
     ok = [k for k, d in enumerate(shown) if not isinstance(d, Exception)]
-    # The blank-image check of the host path: every image's min and max in one copy back.
-    extremes = torch.stack([torch.stack(torch.aminmax(shown[k])) for k in ok]).cpu().tolist() if ok else []  # type: ignore[arg-type]
+    # The blank-image check of the host path: every image's min and max in one copy back. Over
+    # the flattened image: ATen's CPU aminmax of a (3, H, W) uint8 tensor took 1.6-7.8 ms at
+    # 640×480, of its flat view 0.015 ms (torch 2.14): a quarter of the decoding in a py-spy
+    # profile of the model actor.
+    extremes = (
+        torch.stack([torch.stack(torch.aminmax(shown[k].reshape(-1))) for k in ok]).cpu().tolist()  # type: ignore[union-attr]
+        if ok
+        else []
+    )
     blank = {k for k, (lo, hi) in zip(ok, extremes, strict=True) if hi - lo <= BLANK_LEVELS}
     out: list[torch.Tensor | ImageError] = []
     for k, image in enumerate(shown):
