@@ -219,3 +219,14 @@ def test_a_run_with_decode_device_writes_what_decode_host_writes(tmp_path, ray_c
         host["masks"], key=lambda m: (m["image_id"], m["category_id"])
     )
     assert device["coco"]["annotations"] == host["coco"]["annotations"]
+
+
+def test_the_blank_checks_extremes_read_any_memory_layout():
+    from segbatch.stages.device_decode import _extremes
+
+    g = torch.Generator().manual_seed(0)
+    hwc = torch.randint(3, 250, (48, 64, 3), dtype=torch.uint8, generator=g)
+    hwc[7, 9, 1], hwc[40, 2, 2] = 0, 255
+    chw = hwc.permute(2, 0, 1)  # a decoded JPEG: CHW view of HWC memory
+    for image in (chw, chw.contiguous(), chw[:, ::2, 1:], chw.flip(2), chw[:1]):
+        assert _extremes(image).tolist() == [int(image.min()), int(image.max())]
