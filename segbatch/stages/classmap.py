@@ -12,8 +12,8 @@ combination too. :func:`upsampled_argmax`
 takes the argmax at coarse resolution, copies it out where the sources agree, and
 computes the full chain only for the remaining (boundary) pixels, with ATen's formula.
 
-Most classes of a model's head win nowhere in a given photo (a median of 4 of VOC's 21 on
-the bench's scenes; far fewer of ADE20K's 150). A class whose highest logit over any window of
+Most classes of a model's head win nowhere in a given photo (4 of VOC's 21 on most of the
+throughput bench's maps). A class whose highest logit over any window of
 sources an output pixel may draw on stays, by a clear margin, below some class's lowest one
 there loses that pixel whatever the weights: :func:`contenders` finds, from the coarse logits
 alone, the classes that can win anywhere, and the map is computed over those alone. ATen
@@ -34,7 +34,7 @@ _CHUNK = 1 << 16  # undecided pixels computed at a time: ~24 temporaries of (_CH
 # cheaper than computing the pixels one by one: both scale with the classes kept, the latter
 # on top of a fixed cost. The bench's LRASPP maps (65×87 → 520×693 → 480×640, 4 of 21 classes
 # kept on most), mean per map on 1 | 2 threads: 11.0 | 8.9 ms past 0.05, 10.9 | 10.2 past 0.1,
-# 13.7 | 10.5 past 0.15, 18.4 | 14.1 never dense (/tmp/exp/cand3.py-style sweep, bench/README.md).
+# 13.7 | 10.5 past 0.15, 18.4 | 14.1 never dense (bench/README.md, 2026-12-03).
 DENSE_ABOVE = 0.1
 # Float32 intermediates the dense batch path may hold at once (the resampled logits at
 # ``via`` and at the original size): LRASPP, 21 classes, 32 images at 520×693 → 480×640
