@@ -338,9 +338,13 @@ def undecided_fraction(
     logits: torch.Tensor, size: tuple[int, int], via: tuple[int, int] | None = None, margin: float = MARGIN
 ) -> float:
     """Fraction of the output pixels :func:`upsampled_argmax` must compute in full (those
-    near a class boundary): ~0.05 on a photo, 1.0 for noise."""
-    supports = _supports(logits, via, size)
-    return float((_decided(logits.float(), supports, margin) < 0).float().mean())
+    near a boundary between classes that can win there): ~0.05 on a photo, 1.0 for noise."""
+    z = logits.float()
+    supports = _supports(z, via, size)
+    keep = _contenders(z, supports, margin)
+    if keep.numel() == 1:  # one class wins everywhere: nothing to compute
+        return 0.0
+    return float((_decided(z.index_select(0, keep), supports, margin) < 0).float().mean())
 
 
 def _reference(logits: torch.Tensor, size: tuple[int, int], via: tuple[int, int] | None) -> torch.Tensor:

@@ -198,3 +198,13 @@ def test_random_shapes_and_absent_classes_give_the_reference(seed):
     for via in (None, (h * 8, w * 8), (max(1, h // 2), w + 3)):
         expected = reference(logits, (big_h, big_w), via)
         assert torch.equal(upsampled_argmax(logits, (big_h, big_w), via=via).long(), expected), via
+
+
+def test_undecided_fraction_counts_pixels_between_classes_that_can_win():
+    from segbatch.stages.classmap import MARGIN, undecided_fraction
+
+    logits = blobs(4, 20, 20, 2)
+    logits[3] = 100.0  # wins everywhere: nothing is computed in full
+    assert undecided_fraction(logits, (61, 77), via=(160, 160)) == 0.0
+    logits[2] = 100.0 - MARGIN / 2  # within the margin everywhere: every pixel is
+    assert undecided_fraction(logits, (61, 77), via=(160, 160)) == 1.0
