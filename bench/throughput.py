@@ -5,14 +5,18 @@ three measurements, per model:
 
 1. ceiling: the model's forward pass alone on pre-decoded, pre-resized, normalized tensors;
 2. plain:   the seed's single-process loop (PIL decode, torchvision transforms, forward,
-            bilinear logits to the original size + argmax, pycocotools RLE, JSON);
+            bilinear logits to the original size + argmax, pycocotools RLE, JSON;
+            ``bench/plain_loop.py``), timed from its first image in this process, which
+            has imported torch and built the model already (``ratio_plain``);
 3. segbatch: a fresh local Ray cluster (its start-up is timed) and ``segbatch.run``, outputs
             written. Steady state is measured between the first and last committed part file.
 
 With no layout flags on the CPU, segbatch runs as a user runs it (``segbatch run``, its own
-process and cluster), ``--passes`` times, each right after a plain-loop pass, and once more
-the plain loop at the end: each side is held at its best pass (this shared machine's pace
-drifts by ±20 % within minutes), and every pass is printed.
+process and cluster), ``--passes`` times, each right after a plain-loop pass and a run of the
+plain loop as a user runs it too (``bench/plain_loop.py`` in its own process: imports, model
+built, weights loaded, from process start to exit, as segbatch is timed: ``ratio_plain_script``),
+and once more both plain forms at the end: each side is held at its best pass (this shared
+machine's pace drifts by ±20 % within minutes), and every pass is printed.
 
 Weights cannot be downloaded here: each model is seeded, its BatchNorm statistics are
 calibrated on the images, and a semantic model's head is then fitted for a few seconds on
@@ -46,14 +50,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pycocotools import mask as mask_utils
+from plain_loop import CPU, INSTANCE, plain_loop
 from scratch import add_workdir_arg, scratch_dir
 from torchvision.models import get_model_builder, get_model_weights
 from torchvision.transforms.functional import pil_to_tensor
 
 DEFAULT_MODELS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "maskrcnn_resnet50_fpn")
-INSTANCE = {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"}
-CPU = torch.device("cpu")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Figures:
     segbatch: float  # end to end, Ray start-up included
     steady: float  # first to last committed part
     first_output_s: float  # after Ray is up
+    plain_script: float  # the plain loop as a script, process start to exit (NaN unless as a user runs it)
     ray_start_s: float
     gpu_util: float  # mean GPU utilisation (%) in segbatch's steady state (NaN on the CPU)
     ceiling_util: float  # the same during the ceiling's best pass
@@ -299,47 +302,6 @@ class GpuLoad:
         return sum(window) / len(window) if window else float("nan")
 
 
-def plain_loop(name: str, model: torch.nn.Module, paths: list[Path], out: Path, device: torch.device = CPU) -> float:
-    """img/s of the seed's snippet, single process, default torch threads; on a GPU the
-    model, the resampling and the argmax run there (as the snippet with ``.to("cuda")``)."""
-    weights = get_model_weights(name).DEFAULT
-    transform = weights.transforms()
-    images, annotations = [], []
-    t0 = time.perf_counter()
-    for image_id, path in enumerate(paths, start=1):
-        img = Image.open(path).convert("RGB")
-        x = transform(pil_to_tensor(img)).to(device)
-        with torch.inference_mode():
-            if name in INSTANCE:
-                o = model([x])[0]
-                keep = o["scores"] >= 0.5
-                masks = (o["masks"][keep, 0] > 0.5).to(torch.uint8).cpu().numpy()
-                found = list(zip(masks, o["labels"][keep].tolist(), o["scores"][keep].tolist(), strict=True))
-            else:
-                logits = model(x[None])["out"]
-                up = F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)
-                pred = up.argmax(1)[0].to(torch.uint8).cpu().numpy()
-                found = [((pred == c).astype(np.uint8), int(c), 1.0) for c in np.unique(pred) if c != 0]
-        images.append({"id": image_id, "file_name": path.name, "width": img.width, "height": img.height})
-        for m, c, s in found:
-            rle = mask_utils.encode(np.asfortranarray(m))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": c,
-                    "score": s,
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                    "area": int(mask_utils.area(rle)),
-                    "bbox": mask_utils.toBbox(rle).tolist(),
-                    "iscrowd": 1,
-                }
-            )
-    with open(out, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": []}, f)
-    return len(paths) / (time.perf_counter() - t0)
-
-
 @dataclass
 class Layout:
     """Model actors, the GPU share of each and the batches each takes in at once
@@ -454,6 +416,22 @@ def segbatch_run(
     per_image = sum(b for _, _, b in parts) / sum(r for _, r, _ in parts)
     busy = steady * per_image / layout.actors
     return summary.num_images / (t_end - t0), steady, first - t_up, t_up - t0, load.mean(first, last), busy
+
+
+def plain_script(name: str, ckpt: Path, images: Path, out: Path, min_size: int) -> float:
+    """img/s of the plain loop as a user runs it: ``bench/plain_loop.py`` in a process of its own,
+    from process start to exit (imports, model built, weights loaded, the loop, the JSON), as
+    :func:`segbatch_as_user` times ``segbatch run``."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).with_name("plain_loop.py")), "--model", name, "--weights", str(ckpt),
+           "--images", str(images), "--out", str(out), "--min-size", str(min_size)]  # fmt: skip
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"plain_loop.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return len(list(images.glob("*.jpg"))) / seconds
 
 
 def segbatch_as_user(
@@ -646,6 +624,8 @@ def main() -> None:
             model = model.to(device)
             plain_paths = paths[: args.plain_n]
             plains: list[float] = []
+            scripts: list[float] = []  # the plain loop as a script (as a user runs it): like segbatch, end to end
+            images_dir = work / "data" / "images"
             runs = []
             # As a user runs it: plain loop and segbatch alternated, --passes of each (the machine's
             # pace drifts within minutes; each side is held at its best pass). Layouts: one run each.
@@ -653,6 +633,9 @@ def main() -> None:
                 if as_user or not plains:
                     plains.append(plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device))
                     print(f"{name}: plain loop {plains[-1]:.2f} img/s", flush=True)
+                if as_user:
+                    scripts.append(plain_script(name, ckpt, images_dir, work / "plain.json", args.min_size))
+                    print(f"{name}: plain loop as a script {scripts[-1]:.2f} img/s end to end", flush=True)
                 out = work / f"{name}.segbatch"
                 shutil.rmtree(out, ignore_errors=True)
                 if as_user:
@@ -674,8 +657,13 @@ def main() -> None:
             print(f"{name}: ceiling {c} img/s (best pass)", flush=True)
             if not gpu:
                 plains.append(plain_loop(name, model, plain_paths, work / f"{name}.plain.json", device))
+            if as_user:
+                scripts.append(plain_script(name, ckpt, images_dir, work / "plain.json", args.min_size))
             pl = max(plains)
             print(f"{name}: plain loop {pl:.2f} img/s (best of {' '.join(f'{v:.2f}' for v in plains)})", flush=True)
+            if scripts:
+                print(f"{name}: plain loop as a script {max(scripts):.2f} img/s end to end "
+                      f"(best of {' '.join(f'{v:.2f}' for v in scripts)})", flush=True)  # fmt: skip
             if as_user:
                 print(f"{name}: segbatch {max(r[1] for r in runs):.2f} img/s end to end "
                       f"(best of {' '.join(f'{r[1]:.2f}' for r in runs)})", flush=True)  # fmt: skip
@@ -691,6 +679,7 @@ def main() -> None:
                             e2e,
                             steady,
                             first,
+                            max(scripts, default=float("nan")),
                             ray_s,
                             util,
                             ceil.best_util["torchvision"],
@@ -707,6 +696,11 @@ def main() -> None:
                 f"ratio_plain={f.segbatch / f.plain:.2f} ratio_ceiling={f.steady / f.ceiling:.2f} "
                 f"ceiling_sb={f.ceiling_sb:.2f} ratio_ceiling_sb={f.steady / f.ceiling_sb:.2f} "
                 f"layout={f.layout} actor_busy={f.actor_busy:.2f}"
+                + (
+                    f" plain_script={f.plain_script:.2f} ratio_plain_script={f.segbatch / f.plain_script:.2f}"
+                    if f.plain_script == f.plain_script  # measured (not NaN): as a user runs it
+                    else ""
+                )
                 + (
                     f" ratio_plain_steady={f.steady / f.plain:.2f} gpu_util={f.gpu_util:.0f} "
                     f"ceiling_gpu_util={f.ceiling_util:.0f}"

@@ -16,10 +16,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import WeightsEnum, detection, segmentation
 
-from segbatch.models.catalog import BUILTINS, BuiltinEntry
-from segbatch.models.registry import DefaultWeights, ModelOptions, ModelSpec, Preprocess, register_model
+from segbatch.models.vision_import import import_torchvision
+
+import_torchvision()  # before any torchvision import: without torch._dynamo (~1.2 s at each actor's start)
+
+from torchvision.models import WeightsEnum, detection, segmentation  # noqa: E402
+
+from segbatch.models.catalog import BUILTINS, BuiltinEntry  # noqa: E402
+from segbatch.models.registry import DefaultWeights, ModelOptions, ModelSpec, Preprocess, register_model  # noqa: E402
 
 
 def _default_weights(enum: type[WeightsEnum]) -> DefaultWeights:
