@@ -68,13 +68,13 @@ class ModelActor:
         threads = settings.get("num_threads")
         if threads:
             torch.set_num_threads(int(threads))
-        from segbatch.models.vision_import import import_torchvision
-
-        import_torchvision()  # now, while the driver plans; without torch._dynamo (0.1 s, not 1.3)
         from segbatch.stages.actor import placement  # the predictor, imported now too
 
         if settings.get("announce"):  # --verbose: every actor says where it runs as soon as it exists
             print(f"segbatch: model actor started: {placement()[1]}", flush=True)
+        from segbatch.models.vision_import import import_torchvision
+
+        import_torchvision()  # now, while the driver plans; without torch._dynamo (0.1 s, not 1.3)
         self.settings = dict(settings)
         self.predictor: Any = None
 
