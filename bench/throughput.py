@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -698,7 +699,7 @@ def main() -> None:
                 f"layout={f.layout} actor_busy={f.actor_busy:.2f}"
                 + (
                     f" plain_script={f.plain_script:.2f} ratio_plain_script={f.segbatch / f.plain_script:.2f}"
-                    if f.plain_script == f.plain_script  # measured (not NaN): as a user runs it
+                    if not math.isnan(f.plain_script)  # measured: as a user runs it
                     else ""
                 )
                 + (

@@ -48,8 +48,7 @@ def import_torchvision(name: str = "torchvision") -> types.ModuleType:
     except ImportError:
         # It needs more than the stand-in has: forget the half-done import, import it plainly.
         _forget(name)
-        _forget("torch._dynamo")
-        sys.modules.pop(_UTILS, None)
+        _forget("torch._dynamo")  # the stand-in (torch._dynamo.utils) with it
         return importlib.import_module(name)
     finally:
         if sys.modules.get(_UTILS) is stand_in:

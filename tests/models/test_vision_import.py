@@ -10,8 +10,7 @@ DYNAMO = "print('dynamo loaded:', 'torch._dynamo' in sys.modules)"
 
 
 def _python(code: str, *path: Path) -> list[str]:
-    env_path = ":".join(str(p) for p in path)
-    prefix = f"import sys\nsys.path[:0] = {env_path.split(':') if env_path else []!r}\n"
+    prefix = f"import sys\nsys.path[:0] = {[str(p) for p in path]!r}\n"
     out = subprocess.run([sys.executable, "-c", prefix + code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.splitlines()
@@ -28,7 +27,7 @@ def test_models_build_and_run_without_the_compiler():
     model and Mask R-CNN built and run, roi_align and the JPEG decoder called; torch._dynamo is
     never loaded, and importing it afterwards gives the real package (the stand-in is gone)."""
     code = f"""
-import io, torch
+import torch
 import segbatch.models.zoo
 from torchvision.models import segmentation, detection
 from torchvision.ops import roi_align
