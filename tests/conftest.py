@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +30,18 @@ if os.environ["RAY_AUTH_MODE"] == "token" and not os.environ.get("RAY_AUTH_TOKEN
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are picked (ports picked one
+    at a time can repeat, and a Ray node given one port for two components does not start)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass(frozen=True)
@@ -82,17 +90,15 @@ def ray_head(log_path: Path, *, num_cpus: int, num_gpus: int) -> Iterator[RayClu
     (short: it holds unix sockets) keeps its address file away from /tmp/ray, so a later
     plain `ray.init()` never finds a dead cluster.
     """
-    gcs_port, dash_port = free_port(), free_port()
-    side_ports = {
-        flag: free_port()
-        for flag in (
-            "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port",
-            "--runtime-env-agent-port",
-            "--metrics-export-port",
-            "--ray-client-server-port",
-        )
-    }
+    flags = (
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+        "--ray-client-server-port",
+    )
+    gcs_port, dash_port, *others = free_ports(2 + len(flags))
+    side_ports = dict(zip(flags, others, strict=True))
     temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")
     proc = _ray_start(
         [
@@ -130,15 +136,13 @@ def ray_worker_node(
     Killing that group (``os.killpg(proc.pid, SIGKILL)``) stops the node the way a
     preempted machine stops: raylet, object store and workers at once.
     """
-    side_ports = {
-        flag: free_port()
-        for flag in (
-            "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port",
-            "--runtime-env-agent-port",
-            "--metrics-export-port",
-        )
-    }
+    flags = (
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    )
+    side_ports = dict(zip(flags, free_ports(len(flags)), strict=True))
     proc = _ray_start(
         [
             f"--address={head.address}",

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -52,6 +51,7 @@ from segbatch.outputs.label_studio import (
     write_label_studio,
 )
 from segbatch.outputs.schema import IMAGES_SCHEMA, MASKS_SCHEMA
+from tests.conftest import free_port
 from tests.helpers import skimage_photo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -432,12 +432,6 @@ class Server:
     python: str
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ls_docroot(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ls-server")
@@ -450,7 +444,7 @@ def server(ls_docroot) -> Iterator[Server]:
     template = LS_VENV / "template" / "label_studio.sqlite3"
     if not template.exists():
         pytest.fail(f"{template} is missing: build it with `make label-studio-venv`")
-    port, token = _free_port(), "segbatch-test-token-0123456789"
+    port, token = free_port(), "segbatch-test-token-0123456789"
     docroot = ls_docroot / "docroot"
     docroot.mkdir(exist_ok=True)
     # A copy of the database `make` migrated once: a fresh one migrates at start, ~60 s on 2 cores.
