@@ -4,11 +4,17 @@ A second local head is started with ``--num-gpus 2`` (Ray then schedules GPU act
 exactly as on a GPU node); CUDA is absent, so each actor must take its own GPU id and
 still run on the CPU. The job runs as a subprocess, since this process is joined to the
 shared cluster.
+
+The model is a plugin whose first forward in each actor waits until every actor of the job
+has run one (``tests.models.plugin_fixtures:build_gathered``): twelve small images would
+otherwise be done by the first actors up before the others have started, and a job that
+ends kills those unannounced.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import subprocess
@@ -29,7 +35,11 @@ def gpu_cluster(tmp_path_factory):
         yield cluster
 
 
-def _run(gpu_cluster, sample_dir: Path, out: Path, *args: str) -> tuple[list[dict], str]:
+def _run(gpu_cluster, sample_dir: Path, out: Path, actors: int, *args: str) -> tuple[list[dict], str]:
+    gate = out.parent / f"{out.name}-gate"
+    gate.mkdir()
+    spec = out.parent / f"{out.name}-gate.json"
+    spec.write_text(json.dumps({"folder": str(gate), "count": actors}))
     cmd = [
         sys.executable,
         "-m",
@@ -40,7 +50,11 @@ def _run(gpu_cluster, sample_dir: Path, out: Path, *args: str) -> tuple[list[dic
         "--output",
         str(out),
         "--model",
-        "unet",
+        "tests.models.plugin_fixtures:build_gathered",
+        "--weights",
+        str(spec),
+        "--actors",
+        str(actors),
         "--batch-size",
         "1",
         "--ray-address",
@@ -75,14 +89,12 @@ def _started(log: str) -> dict[str, dict[str, str]]:
 
 
 def test_each_actor_gets_its_own_gpu_and_runs_on_the_cpu_without_cuda(gpu_cluster, sample_dir, tmp_path):
-    rows, log = _run(gpu_cluster, sample_dir, tmp_path / "whole", "--actors", "2", "--cpus-per-actor", "1")
-    started = _started(log)
-    assert set(_actors(rows)) <= set(started)  # images ran on these actors
-    # (Which actors the few sample images land on is a race: a GPU actor takes in up to 4
-    # batches, 2 calls × Ray Data's 2 in flight per call, so the first one ready may get all.)
-    assert len(started) == 2, started
-    assert sorted(a["gpus"] for a in started.values()) == ["0", "1"]
-    assert all(a["device"] == "cpu" for a in started.values())  # CUDA absent: clean CPU fallback
+    rows, log = _run(gpu_cluster, sample_dir, tmp_path / "whole", 2, "--cpus-per-actor", "1")
+    ran = _actors(rows)  # every actor ran images (the gate): images.parquet says where
+    assert len(ran) == 2, ran
+    assert set(ran) <= set(_started(log))  # each said where it runs as it started (--verbose)
+    assert sorted(a["gpus"] for a in ran.values()) == ["0", "1"]
+    assert all(a["device"] == "cpu" for a in ran.values())  # CUDA absent: clean CPU fallback
     assert "2 batch(es) in at once" in log  # a GPU actor's default: the next batch in while one runs
 
 
@@ -91,16 +103,15 @@ def test_fractional_gpus_pack_two_actors_per_gpu(gpu_cluster, sample_dir, tmp_pa
         gpu_cluster,
         sample_dir,
         tmp_path / "half",
-        "--actors",
-        "4",
+        4,
         "--gpus-per-actor",
         "0.5",
         "--cpus-per-actor",
         "0.5",
     )
-    started = _started(log)
-    assert set(_actors(rows)) <= set(started)  # images ran on these actors
-    assert len(started) == 4, started
-    per_gpu = collections.Counter(a["gpus"] for a in started.values())
+    ran = _actors(rows)
+    assert len(ran) == 4, ran
+    assert set(ran) <= set(_started(log))
+    per_gpu = collections.Counter(a["gpus"] for a in ran.values())
     assert per_gpu == {"0": 2, "1": 2}  # two half-GPU actors on each GPU
-    assert all(a["device"] == "cpu" for a in started.values())
+    assert all(a["device"] == "cpu" for a in ran.values())

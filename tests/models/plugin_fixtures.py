@@ -73,3 +73,52 @@ def build_shapes(weights: bytes | None) -> ModelBundle:
         categories=("background", "circle", "square", "triangle"),
         preprocess=PREPROCESS,
     )
+
+
+class _Gathered(torch.nn.Module):
+    """Wraps a module so that, in a Ray actor, every forward waits until ``count`` actors have
+    each called one (a file per process in ``folder``; at most ``timeout_s`` from the first).
+    A job over a few images then cannot end before every actor it started has run some:
+    which actors get work stops being a race (the GPU-placement tests count them)."""
+
+    def __init__(self, inner: torch.nn.Module, folder: str, count: int, timeout_s: float = 120.0) -> None:
+        super().__init__()
+        self.inner, self.folder, self.count, self.timeout_s = inner, folder, count, timeout_s
+        self.deadline: float | None = None  # set by the first forward in an actor
+        self.open = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+        import time
+        from pathlib import Path
+
+        import ray
+
+        # Only model actors wait: the driver runs one probe forward of a plugin too. An actor
+        # runs two calls at once: each waits (not only the first), or the second runs them all.
+        if not self.open and ray.is_initialized() and ray.get_runtime_context().get_actor_id():
+            folder = Path(self.folder)
+            if self.deadline is None:
+                self.deadline = time.monotonic() + self.timeout_s
+                (folder / str(os.getpid())).touch()
+            while len(list(folder.iterdir())) < self.count and time.monotonic() < self.deadline:
+                time.sleep(0.05)
+            self.open = True
+        return self.inner(x)
+
+
+def build_gathered(weights: bytes | None) -> ModelBundle:
+    """:func:`build_shapes` behind a :class:`_Gathered` barrier; ``--weights`` is a JSON file
+    ``{"folder": …, "count": …}`` (a plugin's weights reach every actor as bytes)."""
+    import json
+
+    if weights is None:
+        raise ValueError("build_gathered needs --weights: a JSON file with folder and count")
+    spec = json.loads(weights)
+    bundle = build_shapes(None)
+    return ModelBundle(
+        module=_Gathered(bundle.module, spec["folder"], int(spec["count"])),
+        task=bundle.task,
+        categories=bundle.categories,
+        preprocess=bundle.preprocess,
+    )
