@@ -5,8 +5,8 @@ exactly as on a GPU node); CUDA is absent, so each actor must take its own GPU i
 still run on the CPU. The job runs as a subprocess, since this process is joined to the
 shared cluster.
 
-The model is a plugin whose first forward in each actor waits until every actor of the job
-has run one (``tests.models.plugin_fixtures:build_gathered``): twelve small images would
+The model is a plugin whose forward calls, in each actor, wait until every actor of the job
+has called one (``tests.models.plugin_fixtures:build_gathered``): twelve small images would
 otherwise be done by the first actors up before the others have started, and a job that
 ends kills those unannounced.
 """
