@@ -40,6 +40,16 @@ def free_ports(n: int) -> list[int]:
         return [int(s.getsockname()[1]) for s in sockets]
 
 
+# The ports every Ray node opens besides the head's own (GCS, dashboard, client server): given
+# explicitly, since Ray's defaults clash between two nodes on one machine.
+NODE_PORT_FLAGS = (
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
+
+
 def free_port() -> int:
     return free_ports(1)[0]
 
@@ -90,13 +100,7 @@ def ray_head(log_path: Path, *, num_cpus: int, num_gpus: int) -> Iterator[RayClu
     (short: it holds unix sockets) keeps its address file away from /tmp/ray, so a later
     plain `ray.init()` never finds a dead cluster.
     """
-    flags = (
-        "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port",
-        "--metrics-export-port",
-        "--ray-client-server-port",
-    )
+    flags = (*NODE_PORT_FLAGS, "--ray-client-server-port")
     gcs_port, dash_port, *others = free_ports(2 + len(flags))
     side_ports = dict(zip(flags, others, strict=True))
     temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")
@@ -136,13 +140,7 @@ def ray_worker_node(
     Killing that group (``os.killpg(proc.pid, SIGKILL)``) stops the node the way a
     preempted machine stops: raylet, object store and workers at once.
     """
-    flags = (
-        "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port",
-        "--metrics-export-port",
-    )
-    side_ports = dict(zip(flags, free_ports(len(flags)), strict=True))
+    side_ports = dict(zip(NODE_PORT_FLAGS, free_ports(len(NODE_PORT_FLAGS)), strict=True))
     proc = _ray_start(
         [
             f"--address={head.address}",

@@ -11,6 +11,7 @@ import pytest
 
 from segbatch.cli import main
 from segbatch.errors import JobError
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,7 +182,7 @@ def test_object_storage_without_credentials_or_endpoint_exits_2_naming_the_url_a
     assert "cannot access input 's3://no-bucket/photos': no credentials found" in err
     assert "AWS_ACCESS_KEY_ID" in err and "--storage-options" in err and "Traceback" not in err
 
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     options = json.dumps({"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
                           "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}})  # fmt: skip
     code, err = run_cli(
@@ -190,14 +191,6 @@ def test_object_storage_without_credentials_or_endpoint_exits_2_naming_the_url_a
     )
     assert code == 2, err
     assert "cannot reach input 's3://b/photos'" in err and "endpoint" in err and "Traceback" not in err
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_high_bit_depth_reaches_the_config_and_bad_values_are_named():
